@@ -1,0 +1,1 @@
+"""Field protocol drivers. Each package exposes `SPEC`, a `gatewayd.driver.DriverSpec`."""

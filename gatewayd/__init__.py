@@ -1,0 +1,7 @@
+"""gatewayd: an edge daemon that bridges field devices to the cloud and loses nothing."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

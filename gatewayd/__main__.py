@@ -1,0 +1,9 @@
+"""Allow `python -m gatewayd`."""
+
+from __future__ import annotations
+
+import sys
+
+from gatewayd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""The aiohttp server, embedded in the daemon's own event loop and task tree."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gatewayd.errors import ConfigError
+from gatewayd.health import Component, Health, State
+from gatewayd.settings import ApiConfig
+
+__all__ = ["ApiServer", "build_app"]
+
+log = logging.getLogger(__name__)
+
+HEALTH_KEY = web.AppKey("health", Health)
+
+
+def build_app(
+    health: Health, extra: Callable[[web.Application], None] | None = None
+) -> web.Application:
+    """The application with every surface mounted."""
+    app = web.Application()
+    app[HEALTH_KEY] = health
+    app.router.add_get("/healthz", _healthz)
+    if extra is not None:
+        extra(app)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH_KEY]
+    components = {
+        c.name: {"state": c.state.value, "detail": c.detail, "since": c.since}
+        for c in health.components()
+    }
+    live = health.critical_ok()
+    ready = live and all(c.state is State.UP for c in health.components() if c.critical)
+    body = {
+        "status": "ok" if live else "failed",
+        "live": live,
+        "ready": ready,
+        "components": components,
+    }
+    return web.json_response(body, status=200 if live else 503)
+
+
+class ApiServer:
+    """Binds the API and serves until cancelled.
+
+    Args:
+        config: where to listen.
+        app: the aiohttp application.
+        component: health entry marked up once the socket listens.
+    """
+
+    def __init__(self, config: ApiConfig, app: web.Application, component: Component) -> None:
+        self._config = config
+        self._app = app
+        self._component = component
+        self.bound = asyncio.Event()
+        self.port: int | None = None
+
+    async def serve(self) -> None:
+        """Listen, set `bound`, and wait for cancellation; always cleans up."""
+        runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._config.host, self._config.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                msg = f"api: cannot listen on {self._config.host}:{self._config.port}: {exc}"
+                raise ConfigError(msg) from exc
+            self.port = _bound_port(runner)
+            self._component.up(f"http://{self._config.host}:{self.port}")
+            log.info("local API on http://%s:%s", self._config.host, self.port)
+            self.bound.set()
+            await asyncio.Event().wait()
+        finally:
+            self._component.stopped()
+            await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None

@@ -1,0 +1,1 @@
+"""From field devices to readings and back: runners, normalising, reporting."""

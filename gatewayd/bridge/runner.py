@@ -1,0 +1,349 @@
+"""The one owner of a connection: one session, one prioritised queue, no collisions.
+
+Everything that touches the resource (polls, on-demand reads, writes) goes through one queue
+served by one worker, so a serial bus never sees two requests at once. Writes and on-demand
+reads go before background polls. Push streams (`watch`) run beside the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from gatewayd.backoff import Backoff
+from gatewayd.bridge.normalise import normalise
+from gatewayd.bridge.sink import BridgeSink
+from gatewayd.driver import ConnectionConfig, DeviceConfig, Driver, PointConfig, Session, Watchable
+from gatewayd.errors import ConnectionLost, DeviceUnavailable, TransientError
+from gatewayd.health import Component
+from gatewayd.model import Reading, Sample, Value
+from gatewayd.supervise import supervise
+
+__all__ = ["ConnectionRunner", "Priority", "RunnerLimits"]
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    """Queue order: lower goes first."""
+
+    WRITE = 0
+    READ = 1
+    POLL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerLimits:
+    """Bounds that keep one bad device from costing the others.
+
+    Args:
+        queue_size: most jobs waiting; more fail fast instead of piling up.
+        request_gap_s: pause between two requests on the resource (bus turnaround).
+        breaker_failures: consecutive failures before a device is skipped for a while.
+        breaker: how long a tripped device is skipped, growing while it stays dead.
+        job_timeout_s: bound on any single driver call.
+    """
+
+    queue_size: int = 1000
+    request_gap_s: float = 0.0
+    breaker_failures: int = 3
+    breaker: Backoff = field(default_factory=lambda: Backoff(initial_s=2.0, max_s=60.0))
+    job_timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    failures: int = 0
+    up: bool | None = None
+    open_until: float = 0.0
+    trips: int = 0
+
+
+@dataclass(slots=True)
+class _Job:
+    priority: Priority
+    device: DeviceConfig[Any]
+    points: Sequence[PointConfig]
+    value: Value | None = None
+    done: asyncio.Future[list[Sample]] | None = None
+    poll_key: tuple[str, float] | None = None
+
+
+class ConnectionRunner:
+    """Owns one connection for the daemon's lifetime.
+
+    Args:
+        connection_id: key of the connection in the configuration.
+        config: the connection's validated configuration (with `devices`).
+        driver: built from the connection's DriverSpec.
+        sink: receives readings and availability.
+        component: health of the connection.
+        backoff: reconnect policy for the whole resource.
+        limits: queue and circuit-breaker bounds.
+    """
+
+    def __init__(  # noqa: PLR0913 - every argument is an injected collaborator
+        self,
+        connection_id: str,
+        config: ConnectionConfig,
+        driver: Driver[Any, Any],
+        sink: BridgeSink,
+        component: Component,
+        *,
+        backoff: Backoff | None = None,
+        limits: RunnerLimits | None = None,
+    ) -> None:
+        self.id = connection_id
+        self._devices: dict[str, DeviceConfig[Any]] = {
+            k: v for k, v in getattr(config, "devices", {}).items() if v.enabled
+        }
+        self._driver = driver
+        self._sink = sink
+        self._component = component
+        self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
+        self._limits = limits or RunnerLimits()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] | None = None
+        self._seq = itertools.count()
+        self._pending_polls: set[tuple[str, float]] = set()
+        self._state = {k: _DeviceState() for k in self._devices}
+        self.polls_skipped = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session is open now."""
+        return self._queue is not None
+
+    async def run(self) -> None:
+        """Keep a session open, reconnecting with backoff, until cancelled."""
+        await supervise(self._session, self._component, self._backoff)
+
+    async def write(self, device_id: str, point_id: str, value: Value) -> None:
+        """Write one value through the queue, ahead of polls.
+
+        Raises:
+            DeviceUnavailable: not connected, queue full, or the device did not answer.
+            WriteRejected: the device refused the value.
+            KeyError: no such device or point.
+        """
+        device = self._devices[device_id]
+        point = device.points[point_id]
+        await self._submit(_Job(Priority.WRITE, device, [point], value))
+
+    async def read(self, device_id: str, point_ids: Sequence[str]) -> list[Reading]:
+        """Read now, ahead of polls (a read-back after a write, a technician's request)."""
+        device = self._devices[device_id]
+        points = [device.points[p] for p in point_ids]
+        samples = await self._submit(_Job(Priority.READ, device, points))
+        return self._normalise(device, samples)
+
+    async def _submit(self, job: _Job) -> list[Sample]:
+        queue = self._queue
+        if queue is None:
+            msg = f"connection {self.id} is not connected"
+            raise DeviceUnavailable(msg)
+        job.done = asyncio.get_running_loop().create_future()
+        try:
+            queue.put_nowait((job.priority, next(self._seq), job))
+        except asyncio.QueueFull:
+            msg = f"connection {self.id}: request queue full"
+            raise DeviceUnavailable(msg) from None
+        return await job.done
+
+    async def _session(self) -> None:
+        try:
+            async with self._driver.connect() as session:
+                self._queue = asyncio.PriorityQueue(self._limits.queue_size)
+                self._component.up()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._worker(session), name=f"connection[{self.id}].worker")
+                        for dev_id, device in self._devices.items():
+                            self._start_device(tg, session, dev_id, device)
+                finally:
+                    self._fail_waiting(self._queue)
+                    self._queue = None
+                    self._pending_polls.clear()
+        except BaseExceptionGroup as group:
+            raise _first_transient(group) from None
+
+    def _start_device(
+        self,
+        tg: asyncio.TaskGroup,
+        session: Session[Any, Any],
+        dev_id: str,
+        device: DeviceConfig[Any],
+    ) -> None:
+        polled: dict[float, list[PointConfig]] = {}
+        pushed: list[PointConfig] = []
+        for point in device.points.values():
+            if getattr(point, "push", False):
+                pushed.append(point)
+            else:
+                polled.setdefault(point.interval_s or device.interval_s, []).append(point)
+        for interval, points in sorted(polled.items()):
+            tg.create_task(
+                self._poller(device, interval, points),
+                name=f"connection[{self.id}].poll[{dev_id}@{interval:g}s]",
+            )
+        if pushed and isinstance(session, Watchable):
+            tg.create_task(
+                self._watcher(session, device, pushed),
+                name=f"connection[{self.id}].watch[{dev_id}]",
+            )
+
+    async def _poller(
+        self, device: DeviceConfig[Any], interval: float, points: list[PointConfig]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        key = (device.id, interval)
+        due = loop.time()
+        while True:
+            queue = self._queue
+            if queue is None:
+                return
+            if key in self._pending_polls:
+                self.polls_skipped += 1
+            elif loop.time() >= self._state[device.id].open_until:
+                self._pending_polls.add(key)
+                try:
+                    queue.put_nowait(
+                        (
+                            Priority.POLL,
+                            next(self._seq),
+                            _Job(Priority.POLL, device, points, poll_key=key),
+                        )
+                    )
+                except asyncio.QueueFull:
+                    self._pending_polls.discard(key)
+                    self.polls_skipped += 1
+            due += interval
+            now = loop.time()
+            due = max(due, now)
+            await asyncio.sleep(due - now)
+
+    async def _worker(self, session: Session[Any, Any]) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        gap = self._limits.request_gap_s
+        while True:
+            _, _, job = await queue.get()
+            try:
+                await self._serve(session, job)
+            finally:
+                if job.poll_key is not None:
+                    self._pending_polls.discard(job.poll_key)
+            if gap:
+                await asyncio.sleep(gap)
+
+    async def _serve(self, session: Session[Any, Any], job: _Job) -> None:
+        device = job.device
+        try:
+            async with asyncio.timeout(self._limits.job_timeout_s):
+                if job.priority is Priority.WRITE:
+                    await session.write(device, job.points[0], job.value)  # type: ignore[arg-type]
+                    samples: list[Sample] = []
+                else:
+                    samples = await session.read(device, job.points)
+        except ConnectionLost as exc:
+            _settle(job, exc)
+            raise
+        except TimeoutError:
+            exc2 = DeviceUnavailable(
+                f"{device.id}: no answer within {self._limits.job_timeout_s} s"
+            )
+            await self._device_failed(device, exc2)
+            _settle(job, exc2)
+            return
+        except DeviceUnavailable as exc:
+            await self._device_failed(device, exc)
+            _settle(job, exc)
+            return
+        except Exception as exc:  # WriteRejected, or a bug: the caller decides
+            _settle(job, exc)
+            if job.done is None:
+                raise
+            return
+        await self._device_ok(device)
+        if job.done is not None:
+            if not job.done.done():
+                job.done.set_result(samples)
+        elif samples:
+            await self._sink.readings(self.id, device.id, self._normalise(device, samples))
+
+    def _normalise(self, device: DeviceConfig[Any], samples: list[Sample]) -> list[Reading]:
+        return [
+            normalise(self.id, device.id, device.points[s.point], s)
+            for s in samples
+            if s.point in device.points
+        ]
+
+    async def _watcher(
+        self, session: Watchable[Any, Any], device: DeviceConfig[Any], points: list[PointConfig]
+    ) -> None:
+        attempt = 0
+        while True:
+            try:
+                async for sample in session.watch(device, points):
+                    attempt = 0
+                    await self._device_ok(device)
+                    await self._sink.readings(self.id, device.id, self._normalise(device, [sample]))
+            except ConnectionLost:
+                raise
+            except DeviceUnavailable as exc:
+                await self._device_failed(device, exc)
+            await asyncio.sleep(self._backoff.delay(attempt))
+            attempt += 1
+
+    async def _device_ok(self, device: DeviceConfig[Any]) -> None:
+        state = self._state[device.id]
+        state.failures = 0
+        state.trips = 0
+        if state.up is not True:
+            state.up = True
+            log.info("%s/%s: device answering", self.id, device.id)
+            await self._sink.availability(self.id, device.id, True, "")
+
+    async def _device_failed(self, device: DeviceConfig[Any], exc: Exception) -> None:
+        state = self._state[device.id]
+        state.failures += 1
+        if state.failures >= self._limits.breaker_failures:
+            pause = self._limits.breaker.ceiling(state.trips)
+            state.open_until = asyncio.get_running_loop().time() + pause
+            state.trips += 1
+            state.failures = 0
+            log.debug("%s/%s: skipped for %.1f s", self.id, device.id, pause)
+        if state.up is not False:
+            state.up = False
+            log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
+            await self._sink.availability(self.id, device.id, False, str(exc))
+
+    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, _Job]]) -> None:
+        while not queue.empty():
+            _, _, job = queue.get_nowait()
+            _settle(job, DeviceUnavailable(f"connection {self.id} closed"))
+
+
+def _settle(job: _Job, exc: BaseException) -> None:
+    if job.done is not None and not job.done.done():
+        job.done.set_exception(exc)
+
+
+def _first_transient(group: BaseExceptionGroup[Any]) -> BaseException:
+    """Unwrap a task group's failure: weather becomes one TransientError, bugs stay groups."""
+    leaves = _leaves(group)
+    if all(isinstance(e, TransientError | asyncio.CancelledError) for e in leaves):
+        for leaf in leaves:
+            if isinstance(leaf, TransientError):
+                return leaf
+    return group
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

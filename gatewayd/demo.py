@@ -1,0 +1,165 @@
+"""`gatewayd demo`: a broker, a simulated field device and the daemon, on loopback only.
+
+Everything runs from a temporary directory and stops on Ctrl-C; nothing is installed and
+nothing outside the temporary directory is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+__all__ = ["run_demo"]
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "config" / "demo"
+
+
+def run_demo() -> int:
+    """Run the demo until Ctrl-C; returns the exit status."""
+    if shutil.which("mosquitto") is None:
+        print("gatewayd demo: mosquitto is not installed (apt-get install mosquitto)")  # noqa: T201
+        return 1
+    if not (DEMO_DIR / "gatewayd.yaml").is_file():
+        print(f"gatewayd demo: {DEMO_DIR}/gatewayd.yaml not found (run from a checkout)")  # noqa: T201
+        return 1
+    try:
+        return asyncio.run(_demo())
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _demo() -> int:
+    with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
+        work = Path(tmp)
+        broker_port, api_port, modbus_port = _free_port(), _free_port(), _free_port()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with (
+            _mosquitto(work, broker_port),
+            _modbus_simulator(modbus_port),
+            _daemon(work, broker_port, api_port) as daemon,
+        ):
+            print(  # noqa: T201
+                "\ngatewayd demo is running (Ctrl-C stops everything)\n"
+                f"  telemetry:  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'v1/#' -v\n"
+                f"  local API:  curl http://127.0.0.1:{api_port}/healthz\n"
+                f"  Modbus simulator: 127.0.0.1:{modbus_port}\n",
+                flush=True,
+            )
+            waiter = asyncio.create_task(stop.wait())
+            exited = asyncio.create_task(daemon.wait())
+            await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            exited.cancel()
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _mosquitto(work: Path, port: int) -> AsyncIterator[None]:
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "set_tcp_nodelay true\nmax_queued_messages 0\nlog_dest none\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto", "-c", str(conf),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await _wait_port(port)
+        yield
+    finally:
+        await _stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def _modbus_simulator(port: int) -> AsyncIterator[None]:
+    from pymodbus.server import ModbusTcpServer  # noqa: PLC0415 - demo only
+    from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
+
+    # A small energy meter: voltage x10, current x100, power, energy counter, a setpoint.
+    device = SimDevice(
+        id=1,
+        simdata=[
+            SimData(0, values=[2301, 512, 1178, 0, 4200, 0], datatype=DataType.REGISTERS),
+        ],
+    )
+    server = ModbusTcpServer(device, address=("127.0.0.1", port))
+    task = asyncio.create_task(server.serve_forever(), name="demo.modbus")
+    try:
+        await _wait_port(port)
+        yield
+    finally:
+        await server.shutdown()  # type: ignore[no-untyped-call]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def _daemon(
+    work: Path, broker_port: int, api_port: int
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = {
+        **os.environ,
+        "GATEWAYD_STATE_DIR": str(work / "state"),
+        "GATEWAYD_API__PORT": str(api_port),
+        "GATEWAYD_CLOUD__HOST": "127.0.0.1",
+        "GATEWAYD_CLOUD__PORT": str(broker_port),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd", "run", "-c", str(DEMO_DIR / "gatewayd.yaml"),
+        env=env, stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await _wait_port(api_port, proc)
+        yield proc
+    finally:
+        await _stop(proc)
+
+
+async def _wait_port(
+    port: int, proc: asyncio.subprocess.Process | None = None, timeout_s: float = 15.0
+) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if proc is not None and proc.returncode is not None:
+                msg = f"process exited with {proc.returncode} before listening on {port}"
+                raise RuntimeError(msg)
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,164 @@
+"""The driver contract: the whole interface a field protocol implements.
+
+A driver knows one wire protocol and nothing of MQTT, shadows or SQLite. The core owns
+scheduling, reconnection, scaling, reporting and buffering.
+
+Sessions are opened per *connection* (one physical resource: a serial port, a TCP
+endpoint, a BLE adapter), so `read` and `write` name the device on that connection. This is
+what lets one runner own a shared RS-485 bus with many devices behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gatewayd.model import Sample, Value
+
+__all__ = [
+    "ConnectionConfig",
+    "DeviceConfig",
+    "Driver",
+    "DriverSpec",
+    "PointConfig",
+    "Session",
+    "Watchable",
+]
+
+_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class PointConfig(BaseModel):
+    """Fields every point has; drivers subclass it to add addressing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default="", description="Filled from the key under `points`.")
+    unit: str | None = Field(default=None, description="Engineering unit sent with the value.")
+    scale: float = Field(default=1.0, description="Reported value = raw * scale + offset.")
+    offset: float = Field(default=0.0, description="Added after scaling.")
+    writable: bool = Field(default=False, description="Desired state may write this point.")
+    interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Poll period of this point; defaults to the device's interval_s.",
+    )
+    property: str | None = Field(
+        default=None,
+        description="Product property this point reports; defaults to the point id.",
+    )
+
+
+P = TypeVar("P", bound=PointConfig)
+P_contra = TypeVar("P_contra", bound=PointConfig, contravariant=True)
+D_contra = TypeVar("D_contra", bound="DeviceConfig[Any]", contravariant=True)
+D = TypeVar("D", bound="DeviceConfig[Any]")
+C = TypeVar("C", bound="ConnectionConfig")
+
+
+class DeviceConfig(BaseModel, Generic[P]):
+    """One field device on a connection; drivers subclass it to add addressing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default="", description="Filled from the key under `devices`.")
+    node_id: str | None = Field(
+        default=None,
+        pattern=_ID_PATTERN,
+        description="Node id in the registry; defaults to the device key.",
+    )
+    product_id: str | None = Field(default=None, description="Product model of the device.")
+    name: str | None = Field(default=None, description="Display name.")
+    parent: str | None = Field(
+        default=None,
+        description="Key of another device on this connection that this one sits behind.",
+    )
+    interval_s: float = Field(default=10.0, gt=0, description="Default poll period.")
+    enabled: bool = Field(default=True, description="A disabled device is kept but not polled.")
+    points: dict[str, P] = Field(default_factory=dict, description="Points keyed by id.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_from_keys(cls, data: Any) -> Any:
+        return _fill_ids(data, "points")
+
+
+class ConnectionConfig(BaseModel):
+    """Fields every connection has; each driver's model adds `driver: Literal[...]`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=True, description="A disabled connection is not opened.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_from_keys(cls, data: Any) -> Any:
+        return _fill_ids(data, "devices")
+
+
+def _fill_ids(data: Any, key: str) -> Any:
+    """Copy each mapping key into its entry's `id`, so drivers can name what they read."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+        return data
+    filled: dict[str, Any] = {}
+    for entry_id, entry in data[key].items():
+        if isinstance(entry, dict):
+            if entry.get("id", entry_id) != entry_id:
+                msg = f"id {entry.get('id')!r} differs from its key {entry_id!r}"
+                raise ValueError(msg)
+            filled[entry_id] = {**entry, "id": entry_id}
+        else:
+            filled[entry_id] = entry
+    return {**data, key: filled}
+
+
+class Session(Protocol[D_contra, P_contra]):
+    """An open connection to one physical resource; valid only inside `Driver.connect()`."""
+
+    async def read(self, device: D_contra, points: Sequence[P_contra]) -> list[Sample]:
+        """Read once, batched. Raise DeviceUnavailable when the device does not answer."""
+        ...
+
+    async def write(self, device: D_contra, point: P_contra, value: Value) -> None:
+        """Write one value. Raise WriteRejected when the device refuses it."""
+        ...
+
+
+@runtime_checkable
+class Watchable(Protocol[D_contra, P_contra]):
+    """Optional: sessions whose devices push values (BLE notify, serial streams)."""
+
+    def watch(self, device: D_contra, points: Sequence[P_contra]) -> AsyncIterator[Sample]:
+        """Yield samples as the device pushes them; end or raise when the link drops."""
+        ...
+
+
+class Driver(Protocol[D_contra, P_contra]):
+    """Knows one wire protocol; opens sessions on one connection."""
+
+    def connect(self) -> AbstractAsyncContextManager[Session[D_contra, P_contra]]:
+        """Open the resource. Raise DeviceUnavailable when it cannot be opened."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSpec(Generic[C, D, P]):
+    """How a driver registers itself: `SPEC = DriverSpec(...)` in its package.
+
+    Args:
+        kind: the `driver:` value in YAML.
+        config: the connection model, with `driver: Literal[kind]`.
+        device: the device model, a DeviceConfig subclass.
+        point: the point model, a PointConfig subclass.
+        build: makes a driver for one connection.
+    """
+
+    kind: str
+    config: type[C]
+    device: type[D]
+    point: type[P]
+    build: Callable[[C], Driver[D, P]]
