@@ -5,6 +5,7 @@ import pytest
 from gatewayd import config_docs
 from gatewayd.config_load import InvalidConfig, load_settings, read_secret
 from gatewayd.errors import ConfigError
+from gatewayd.identity import child_identity
 from tests.helpers import ROOT, write_yaml
 
 BASE = {
@@ -143,3 +144,11 @@ def test_generated_docs_are_current():
         "run: python -m gatewayd.config_docs"
     )
     assert (ROOT / "config" / "gatewayd.example.yaml").read_text() == config_docs.render_example()
+
+
+def test_child_identity_defaults(tmp_path):
+
+    settings = load_settings(write_yaml(tmp_path / "gw.yaml", BASE))
+    conn = settings.connections["sim"]
+    ident = child_identity(conn, conn.devices["d1"])  # type: ignore[attr-defined]
+    assert (ident.device_id, ident.node_id, ident.product_id) == ("memory_d1", "d1", "memory")
