@@ -156,6 +156,13 @@ class ConnectionRunner:
 
     async def _session(self) -> None:
         try:
+            await self._open_session()
+        except TransientError as exc:
+            await self._connection_failed(exc)
+            raise
+
+    async def _open_session(self) -> None:
+        try:
             async with self._driver.connect() as session:
                 self._queue = asyncio.PriorityQueue(self._limits.queue_size)
                 self._component.up()
@@ -321,6 +328,18 @@ class ConnectionRunner:
             state.up = False
             log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
             await self._sink.availability(self.id, device.id, False, str(exc))
+
+    async def _connection_failed(self, exc: TransientError) -> None:
+        """The resource is gone or cannot be opened: every device on it is unavailable.
+
+        Not counted towards the circuit breaker: reopening the resource is the backoff's job.
+        """
+        for device in self._devices.values():
+            state = self._state[device.id]
+            if state.up is not False:
+                state.up = False
+                log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
+                await self._sink.availability(self.id, device.id, False, str(exc))
 
     def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, _Job]]) -> None:
         while not queue.empty():
