@@ -156,7 +156,9 @@ class SerialConnection(ConnectionConfig):
     )
     baudrate: int = Field(default=9600, ge=50, le=4_000_000, description="Bits per second.")
     bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits per character.")
-    parity: Literal["none", "even", "odd", "mark", "space"] = Field(default="none")
+    parity: Literal["none", "even", "odd", "mark", "space"] = Field(
+        default="none", description="Parity bit of each character."
+    )
     stopbits: float = Field(default=1, description="Stop bits per character: 1, 1.5 or 2.")
     flow_control: Literal["none", "rtscts", "xonxoff"] = Field(
         default="none", description="Hardware (RTS/CTS) or software (XON/XOFF) flow control."

@@ -16,6 +16,7 @@ from gatewayd.model import Value
 __all__ = ["ChecksumError", "FrameError", "parse_sentence", "sentence_checksum"]
 
 _KNOT_KMH = 1.852
+_CENTURY_PIVOT = 80  # two-digit years: 80..99 are 19xx (receivers of the 1980s on), else 20xx
 
 
 class FrameError(ValueError):
@@ -89,7 +90,8 @@ def _rmc(f: list[str]) -> dict[str, Value]:
     _put(out, "course_deg", f[8], float)
     if f[9]:
         day, month, year = int(f[9][0:2]), int(f[9][2:4]), int(f[9][4:6])
-        out["date"] = f"{2000 + year:04d}-{month:02d}-{day:02d}"
+        century = 1900 if year >= _CENTURY_PIVOT else 2000
+        out["date"] = f"{century + year:04d}-{month:02d}-{day:02d}"
     return out
 
 

@@ -152,16 +152,17 @@ def parse(
 
 def lookup(values: dict[str, Value], field: str) -> Value | None:
     """A field of a parsed frame: a key, or a dotted path into nested JSON."""
-    if field in values:
-        return values[field]
     node: Any = values
-    for part in field.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
+    if field in values:
+        node = values[field]
+    else:
+        for part in field.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
     if isinstance(node, bool | int | float | str | bytes):
         return node
     return None
