@@ -7,11 +7,12 @@ import asyncio
 import pytest
 
 from drivers.serial.nmea import sentence_checksum
+from gatewayd.config_load import load_settings
 from gatewayd.errors import WriteRejected
 from gatewayd.health import State
 from tests.drivers.serial.harness import running
 from tests.drivers.serial.ptys import DeviceEnd, instrument
-from tests.helpers import async_wait_for
+from tests.helpers import ROOT, async_wait_for
 
 
 def nmea(body: str, checksum: str | None = None) -> bytes:
@@ -271,3 +272,46 @@ async def test_write_sends_the_command_and_completes_after_the_reply(pty_pair):
         with pytest.raises(WriteRejected, match="ERR range"):
             await run.runner.write("th1", "setpoint", 99)
         assert device.setpoint == 22.5
+
+
+def shipped_connection(name: str, port: str) -> dict[str, object]:
+    """A shipped example's connection, moved to the test pty (a pty takes no RS-485 mode)."""
+    settings = load_settings(ROOT / "config" / name)
+    (connection,) = settings.connections.values()
+    data = connection.model_dump()
+    data.update(port=port, rs485={"enabled": False}, parity="none")
+    return data
+
+
+async def test_shipped_line_sensor_example_polls_and_writes(pty_pair):
+    device = Thermometer(19.25)
+    device_config = shipped_connection("serial-line-sensor.example.yaml", str(pty_pair.gateway))
+    device_config["devices"]["climate-1"]["interval_s"] = 0.1  # type: ignore[index]
+    async with (
+        instrument(pty_pair.device, device, device.log) as end,
+        running(device_config) as run,
+    ):
+        await async_wait_for(lambda: 19.25 in run.sink.values("temperature"), 5, "reading")
+        await async_wait_for(lambda: 20.0 in run.sink.values("setpoint"), 5, "setpoint")
+        write = asyncio.create_task(run.runner.write("climate-1", "setpoint", 21))
+        await async_wait_for(lambda: b"SET 21.0\r\n" in device.log, 5, "command")
+        await end.write(b"OK\n")
+        await asyncio.wait_for(write, 5)
+
+
+async def test_shipped_gps_example_streams_positions(pty_pair):
+    config = shipped_connection("serial-nmea-gps.example.yaml", str(pty_pair.gateway))
+    async with running(config) as run:
+        end = DeviceEnd(pty_pair.device)
+        try:
+            await async_wait_for(lambda: run.runner.connected, 5, "port open")
+            await end.write(nmea(GGA) + nmea("GPGSV,1,1,00") + nmea(RMC))
+            await async_wait_for(lambda: run.sink.values("course") == [84.4], 5, "RMC")
+            assert run.sink.values("latitude") == [
+                pytest.approx(48.1173),
+                pytest.approx(48.1173333),
+            ]
+            assert run.sink.values("altitude") == [545.4]
+            assert run.driver.counters.undecodable == 1  # GSV is not selected
+        finally:
+            end.close()
