@@ -1,0 +1,1 @@
+"""Benchmarks: one module per topic; results go to docs/benchmarks.md."""
