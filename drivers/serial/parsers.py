@@ -29,6 +29,8 @@ __all__ = [
     "RegexParser",
     "StructField",
     "StructParser",
+    "checksum",
+    "lookup",
     "parse",
 ]
 
@@ -174,7 +176,7 @@ def _regex(config: RegexParser, frame: bytes) -> dict[str, Value]:
     except UnicodeDecodeError as exc:
         msg = f"not {config.encoding} text"
         raise FrameError(msg) from exc
-    found = _compiled(config.pattern).fullmatch(text)
+    found = re.fullmatch(config.pattern, text)  # re caches the compiled pattern
     if found is None:
         msg = f"{text[:80]!r} does not match the pattern"
         raise FrameError(msg)
@@ -189,11 +191,6 @@ def _regex(config: RegexParser, frame: bytes) -> dict[str, Value]:
             msg = f"group {name}: {raw!r} is not {kind}"
             raise FrameError(msg) from exc
     return out
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    # re caches compiled patterns; the call stays cheap per frame.
-    return re.compile(pattern)
 
 
 def _bool(text: str) -> bool:

@@ -14,7 +14,8 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from drivers.serial.config import SerialConnection, SerialDevice, SerialPoint
 from drivers.serial.framing import Framer, FramerStats, make_framer
@@ -114,7 +115,7 @@ class SerialSession:
         self.counters = counters
         self._link: SerialLink | None = None
         self._lost: str | None = None
-        self._waiter: _Waiter[object] | None = None
+        self._waiter: _Waiter[Any] | None = None
         self._watchers: set[_Watcher] = set()
         self._lock = asyncio.Lock()
 
@@ -179,11 +180,8 @@ class SerialSession:
             payload = _render(device, template, point.id)
             groups.setdefault(payload, []).append(point)
         samples: list[Sample] = []
+        decode = partial(self._as_reply, device)
         for payload, group in groups.items():
-
-            def decode(frame: bytes) -> _Values:
-                return self._as_reply(device, frame)
-
             values = await self._exchange(device, payload, decode, device.retries)
             at = datetime.now(UTC)
             for point in group:
@@ -271,7 +269,7 @@ class SerialSession:
             for _ in range(retries + 1):
                 future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
                 waiter = _Waiter(accept, future)
-                self._waiter = waiter  # type: ignore[assignment]
+                self._waiter = waiter
                 try:
                     await self._send(payload)
                     async with asyncio.timeout(device.timeout_s):
