@@ -197,6 +197,28 @@ async def test_garbage_partial_frames_and_a_64k_line_never_block_good_frames(pty
             end.close()
 
 
+async def test_junk_before_a_reply_does_not_block_request_response(pty_pair):
+    device = Thermometer(18.5)
+    replies = 0
+
+    def noisy(line: bytes) -> bytes | None:
+        nonlocal replies
+        replies += 1
+        reply = device(line)
+        if replies == 1:  # junk, a partial reply and a 64 KiB line, then the reply
+            return bytes(range(256)) + b"T=99" + b"\n" + b"z" * 65536 + b"\n" + (reply or b"")
+        return reply
+
+    async with (
+        instrument(pty_pair.device, noisy, device.log),
+        running(sensor_config(str(pty_pair.gateway))) as run,
+    ):
+        await async_wait_for(lambda: len(run.sink.values("temperature")) >= 3, 5, "readings")
+        assert set(run.sink.values("temperature")) == {18.5}
+        assert run.driver.counters.framing.oversize == 1
+        assert run.sink.device_states("th1") == [True]
+
+
 async def test_unplugged_port_reconnects_and_readings_resume(pty_pair):
     first = Thermometer(21.5)
     async with running(sensor_config(str(pty_pair.gateway))) as run:
