@@ -54,7 +54,7 @@ def configure_port(port: Any, config: SerialConnection) -> None:
         port.baudrate = config.baudrate
         port.bytesize = config.bytesize
         port.parity = _PARITY[config.parity]
-        port.stopbits = config.stopbits
+        port.stopbits = int(config.stopbits) if config.stopbits.is_integer() else config.stopbits
         port.rtscts = config.flow_control == "rtscts"
         port.xonxoff = config.flow_control == "xonxoff"
         rs485 = config.rs485
@@ -120,7 +120,13 @@ class SerialLink:
             raise ConnectionLost(msg) from exc
         protocol = _LinkProtocol(receiver)
         loop = asyncio.get_running_loop()
-        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
+        try:
+            transport, _ = await serial_asyncio_fast.connection_for_serial(
+                loop, lambda: protocol, port
+            )
+        except BaseException:
+            port.close()
+            raise
         return cls(config.port, transport, protocol)
 
     async def send(self, data: bytes, timeout_s: float) -> None:
