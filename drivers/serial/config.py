@@ -159,7 +159,7 @@ class SerialConnection(ConnectionConfig):
     parity: Literal["none", "even", "odd", "mark", "space"] = Field(
         default="none", description="Parity bit of each character."
     )
-    stopbits: float = Field(default=1, description="Stop bits per character: 1, 1.5 or 2.")
+    stopbits: float = Field(default=1.0, description="Stop bits per character: 1, 1.5 or 2.")
     flow_control: Literal["none", "rtscts", "xonxoff"] = Field(
         default="none", description="Hardware (RTS/CTS) or software (XON/XOFF) flow control."
     )

@@ -54,7 +54,8 @@ def configure_port(port: Any, config: SerialConnection) -> None:
         port.baudrate = config.baudrate
         port.bytesize = config.bytesize
         port.parity = _PARITY[config.parity]
-        port.stopbits = int(config.stopbits) if config.stopbits.is_integer() else config.stopbits
+        stopbits = float(config.stopbits)
+        port.stopbits = int(stopbits) if stopbits.is_integer() else stopbits
         port.rtscts = config.flow_control == "rtscts"
         port.xonxoff = config.flow_control == "xonxoff"
         rs485 = config.rs485
