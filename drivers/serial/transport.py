@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -110,12 +111,20 @@ class SerialLink:
 
         Raises:
             ConnectionLost: the port does not exist or cannot be opened.
-            DeviceUnavailable: the port refuses a setting.
+            DeviceUnavailable: the port refuses a setting (RS-485 mode or parity on a UART
+                without them; a pty refuses both).
         """
         port = port_factory(config.port)
         configure_port(port, config)
+        # pyserial applies settings on open() and again whenever one changes (the asyncio
+        # transport sets timeouts): ValueError for RS-485 mode, termios.error for a parity
+        # or speed the UART refuses.
+        refused = (ValueError, termios.error)
         try:
             port.open()
+        except refused as exc:
+            msg = f"{config.port}: setting refused: {exc}"
+            raise DeviceUnavailable(msg) from exc
         except (OSError, serial.SerialException) as exc:
             msg = f"{config.port}: cannot open: {exc}"
             raise ConnectionLost(msg) from exc
@@ -125,6 +134,10 @@ class SerialLink:
             transport, _ = await serial_asyncio_fast.connection_for_serial(
                 loop, lambda: protocol, port
             )
+        except refused as exc:
+            port.close()
+            msg = f"{config.port}: setting refused: {exc}"
+            raise DeviceUnavailable(msg) from exc
         except BaseException:
             port.close()
             raise

@@ -337,3 +337,15 @@ async def test_shipped_gps_example_streams_positions(pty_pair):
             assert run.driver.counters.undecodable == 1  # GSV is not selected
         finally:
             end.close()
+
+
+async def test_a_port_missing_at_start_reports_devices_down_until_it_appears(pty_pair):
+    pty_pair.kill()
+    device = Thermometer(17.0)
+    async with running(sensor_config(str(pty_pair.gateway))) as run:
+        await async_wait_for(lambda: run.sink.device_states("th1") == [False], 5, "down")
+        assert "cannot open" in run.sink.states[0][2]
+        await pty_pair.start()
+        async with instrument(pty_pair.device, device, device.log):
+            await async_wait_for(lambda: 17.0 in run.sink.values("temperature"), 5, "reading")
+            assert run.sink.device_states("th1") == [False, True]

@@ -93,3 +93,15 @@ async def test_a_missing_device_path_is_connection_lost(tmp_path):
     with pytest.raises(ConnectionLost, match="ttyUSB9"):
         async with driver.connect():
             pass
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [({"rs485": {"enabled": True}}, "RS485"), ({"parity": "even"}, "Invalid argument")],
+)
+async def test_settings_a_real_pty_refuses_are_device_unavailable(pty_pair, setting, error):
+    driver = SerialDriver(config(port=str(pty_pair.gateway), **setting))
+    with pytest.raises(DeviceUnavailable, match=f"setting refused: .*{error}") as info:
+        async with driver.connect():
+            pass
+    assert not isinstance(info.value, ConnectionLost)
