@@ -8,6 +8,7 @@ writers. The schema is versioned with `PRAGMA user_version` and migrated forward
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -93,12 +94,13 @@ class Database:
         self._conn = connection
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` on the worker thread and return its result.
-
-        `work` owns its transaction: use `with connection:` to commit or roll back as one.
-        """
+        """Run `work(connection)` on the worker thread (autocommit) and return its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, work, self._conn)
+
+    async def transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` as one transaction: committed if it returns, else rolled back."""
+        return await self.run(functools.partial(_in_transaction, work))
 
     async def schema_version(self) -> int:
         """The schema version stored in the file."""
@@ -146,6 +148,17 @@ def _connect(path: Path, migrations: tuple[str, ...]) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -115,20 +115,19 @@ class Registry:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> Device:
-            with conn:
-                row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE level = 0").fetchone()  # noqa: S608
-                if row is None:
-                    _insert(conn, request, None, 0, NodeType.GATEWAY, "gateway", now)
-                else:
-                    conn.execute(
-                        "UPDATE devices SET device_id = ?, node_id = ?, product_id = ?, "
-                        "device_name = ? WHERE level = 0",
-                        (device_id, node_id, product_id, name),
-                    )
-                insert_shadows(conn, device_id, desired, now)
-                return _get(conn, device_id)
+            row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE level = 0").fetchone()  # noqa: S608
+            if row is None:
+                _insert(conn, request, None, 0, NodeType.GATEWAY, "gateway", now)
+            else:
+                conn.execute(
+                    "UPDATE devices SET device_id = ?, node_id = ?, product_id = ?, "
+                    "device_name = ? WHERE level = 0",
+                    (device_id, node_id, product_id, name),
+                )
+            insert_shadows(conn, device_id, desired, now)
+            return _get(conn, device_id)
 
-        gateway = await self._db.run(work)
+        gateway = await self._db.transact(work)
         self.gateway_id = gateway.device_id
         return gateway
 
@@ -150,16 +149,15 @@ class Registry:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> Device:
-            with conn:
-                parent_id, level = self._place(conn, request.gateway_id)
-                device_id = request.effective_device_id
-                if _exists(conn, device_id):
-                    raise DeviceExists("device_id", f"device {device_id!r} already exists")
-                _insert(conn, request, parent_id, level, NodeType.ENDPOINT, origin, now)
-                insert_shadows(conn, device_id, desired, now)
-                return _get(conn, device_id)
+            parent_id, level = self._place(conn, request.gateway_id)
+            device_id = request.effective_device_id
+            if _exists(conn, device_id):
+                raise DeviceExists("device_id", f"device {device_id!r} already exists")
+            _insert(conn, request, parent_id, level, NodeType.ENDPOINT, origin, now)
+            insert_shadows(conn, device_id, desired, now)
+            return _get(conn, device_id)
 
-        device = await self._db.run(work)
+        device = await self._db.transact(work)
         self._shadows_changed(device.device_id, desired)
         return device
 
@@ -192,25 +190,24 @@ class Registry:
         """
 
         def work(conn: sqlite3.Connection) -> Device:
-            with conn:
-                device = _get(conn, device_id)
-                changes: dict[str, Any] = {}
-                for name in ("device_name", "description"):
-                    if name in request.model_fields_set:
-                        changes[name] = getattr(request, name)
-                if "extension_info" in request.model_fields_set:
-                    changes["extension_info"] = _json_or_none(request.extension_info)
-                if request.auth_info is not None:
-                    changes.update(_auth_changes(device, request))
-                if changes:
-                    assignments = ", ".join(f"{k} = ?" for k in changes)
-                    conn.execute(
-                        f"UPDATE devices SET {assignments} WHERE device_id = ?",  # noqa: S608
-                        (*changes.values(), device_id),
-                    )
-                return _get(conn, device_id)
+            device = _get(conn, device_id)
+            changes: dict[str, Any] = {}
+            for name in ("device_name", "description"):
+                if name in request.model_fields_set:
+                    changes[name] = getattr(request, name)
+            if "extension_info" in request.model_fields_set:
+                changes["extension_info"] = _json_or_none(request.extension_info)
+            if request.auth_info is not None:
+                changes.update(_auth_changes(device, request))
+            if changes:
+                assignments = ", ".join(f"{k} = ?" for k in changes)
+                conn.execute(
+                    f"UPDATE devices SET {assignments} WHERE device_id = ?",  # noqa: S608
+                    (*changes.values(), device_id),
+                )
+            return _get(conn, device_id)
 
-        return await self._db.run(work)
+        return await self._db.transact(work)
 
     async def update_configured(
         self, device_id: str, node_id: str, product_id: str, name: str | None
@@ -220,16 +217,15 @@ class Registry:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> Device:
-            with conn:
-                conn.execute(
-                    "UPDATE devices SET node_id = ?, product_id = ?, device_name = ?, "
-                    "origin = 'config' WHERE device_id = ?",
-                    (node_id, product_id, name, device_id),
-                )
-                insert_shadows(conn, device_id, desired, now)
-                return _get(conn, device_id)
+            conn.execute(
+                "UPDATE devices SET node_id = ?, product_id = ?, device_name = ?, "
+                "origin = 'config' WHERE device_id = ?",
+                (node_id, product_id, name, device_id),
+            )
+            insert_shadows(conn, device_id, desired, now)
+            return _get(conn, device_id)
 
-        return await self._db.run(work)
+        return await self._db.transact(work)
 
     async def delete(self, device_id: str, *, cascade: bool = False) -> list[str]:
         """Delete a device (and with cascade, everything below it); returns the deleted ids.
@@ -241,22 +237,21 @@ class Registry:
         """
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            with conn:
-                device = _get(conn, device_id)
-                if device.node_type is NodeType.GATEWAY:
-                    raise ProtectedDevice("device_id", "the gateway itself cannot be deleted")
-                below = _descendants(conn, device_id)
-                if below and not cascade:
-                    raise HasChildren(
-                        "device_id",
-                        f"device {device_id!r} has {len(below)} device(s) below it; "
-                        "delete them first or ask for cascade=true",
-                    )
-                doomed = [*below, device_id]
-                conn.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in doomed])
-                return doomed
+            device = _get(conn, device_id)
+            if device.node_type is NodeType.GATEWAY:
+                raise ProtectedDevice("device_id", "the gateway itself cannot be deleted")
+            below = _descendants(conn, device_id)
+            if below and not cascade:
+                raise HasChildren(
+                    "device_id",
+                    f"device {device_id!r} has {len(below)} device(s) below it; "
+                    "delete them first or ask for cascade=true",
+                )
+            doomed = [*below, device_id]
+            conn.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in doomed])
+            return doomed
 
-        return await self._db.run(work)
+        return await self._db.transact(work)
 
     async def set_status(self, device_id: str, status: DeviceStatus) -> Device:
         """Record a connection status reported by the field (ONLINE, OFFLINE, ABNORMAL).
@@ -270,18 +265,17 @@ class Registry:
         now = self._clock().isoformat()
 
         def work(conn: sqlite3.Connection) -> Device:
-            with conn:
-                device = _get(conn, device_id)
-                if device.status is not status:
-                    conn.execute(
-                        "UPDATE devices SET status = ?, connection_status_update_time = ?, "
-                        "active_time = COALESCE(active_time, CASE WHEN ? = 'ONLINE' "
-                        "THEN ? END) WHERE device_id = ?",
-                        (status.value, now, status.value, now, device_id),
-                    )
-                return _get(conn, device_id)
+            device = _get(conn, device_id)
+            if device.status is not status:
+                conn.execute(
+                    "UPDATE devices SET status = ?, connection_status_update_time = ?, "
+                    "active_time = COALESCE(active_time, CASE WHEN ? = 'ONLINE' "
+                    "THEN ? END) WHERE device_id = ?",
+                    (status.value, now, status.value, now, device_id),
+                )
+            return _get(conn, device_id)
 
-        return await self._db.run(work)
+        return await self._db.transact(work)
 
     def _place(self, conn: sqlite3.Connection, gateway_id: str | None) -> tuple[str, int]:
         """The parent's id and the new device's level."""

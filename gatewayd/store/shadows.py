@@ -127,18 +127,17 @@ class ShadowStore:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> list[ServiceShadow]:
-            with conn:
-                product = self._product_of(conn, device_id)
-                seen: set[str] = set()
-                for i, update in enumerate(updates):
-                    where = f"{field_prefix}.{i}"
-                    if update.service_id in seen:
-                        raise InvalidField(f"{where}.service_id", "service given twice")
-                    seen.add(update.service_id)
-                    self._apply_desired(conn, device_id, product, update, where, now)
-                return self._get(conn, device_id)
+            product = self._product_of(conn, device_id)
+            seen: set[str] = set()
+            for i, update in enumerate(updates):
+                where = f"{field_prefix}.{i}"
+                if update.service_id in seen:
+                    raise InvalidField(f"{where}.service_id", "service given twice")
+                seen.add(update.service_id)
+                self._apply_desired(conn, device_id, product, update, where, now)
+            return self._get(conn, device_id)
 
-        result = await self._db.run(work)
+        result = await self._db.transact(work)
         self._feed.notify((device_id, u.service_id) for u in updates)
         return result
 
@@ -158,30 +157,29 @@ class ShadowStore:
         when = at or self._clock()
 
         def work(conn: sqlite3.Connection) -> ServiceShadow:
-            with conn:
-                product = self._product_of(conn, device_id)
-                service = product.service(service_id) if product else None
-                if service is None:
-                    raise InvalidField("service_id", f"the product has no service {service_id!r}")
-                checked = {}
-                for name, value in props.items():
-                    prop = service.property(name)
-                    if prop is None:
-                        raise InvalidField(name, f"service {service_id} has no property {name!r}")
-                    try:
-                        checked[name] = prop.check(value)
-                    except ValueError as exc:
-                        raise InvalidField(name, str(exc)) from None
-                row = _read_row(conn, device_id, service_id)
-                reported = row.reported if row else {}
-                merged = {**reported, **{k: PropertyValue(v, when) for k, v in checked.items()}}
-                _write_row(conn, device_id, service_id, row.version if row else 0, None, merged)
-                _activate(conn, device_id, when)
-                written = _read_row(conn, device_id, service_id)
-                assert written is not None  # written just above, same transaction
-                return written
+            product = self._product_of(conn, device_id)
+            service = product.service(service_id) if product else None
+            if service is None:
+                raise InvalidField("service_id", f"the product has no service {service_id!r}")
+            checked = {}
+            for name, value in props.items():
+                prop = service.property(name)
+                if prop is None:
+                    raise InvalidField(name, f"service {service_id} has no property {name!r}")
+                try:
+                    checked[name] = prop.check(value)
+                except ValueError as exc:
+                    raise InvalidField(name, str(exc)) from None
+            row = _read_row(conn, device_id, service_id)
+            reported = row.reported if row else {}
+            merged = {**reported, **{k: PropertyValue(v, when) for k, v in checked.items()}}
+            _write_row(conn, device_id, service_id, row.version if row else 0, None, merged)
+            _activate(conn, device_id, when)
+            written = _read_row(conn, device_id, service_id)
+            assert written is not None  # written just above, same transaction
+            return written
 
-        return await self._db.run(work)
+        return await self._db.transact(work)
 
     def notify_initial(self, device_id: str, service_ids: Iterable[str]) -> None:
         """Announce the initial desired state of a new device (called by the registry)."""
