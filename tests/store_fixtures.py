@@ -11,7 +11,6 @@ from typing import Any
 from gatewayd.api.auth import hash_token
 from gatewayd.app import App
 from gatewayd.settings import Settings
-from gatewayd.store import Store
 from gatewayd.systemd import Notifier
 from tests.helpers import ROOT
 
@@ -40,8 +39,8 @@ def store_settings(tmp_path: Path, **extra: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[str, Store]]:
-    """The real App in this loop; yields its base URL and its open store."""
+async def running_app(settings: Settings) -> AsyncIterator[tuple[str, App]]:
+    """The real App in this loop; yields its base URL and the app (store open, API bound)."""
     app = App(settings, notifier=Notifier({}))
     task = asyncio.create_task(app.run(), name="app")
     try:
@@ -51,7 +50,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[str, Store]]:
                     task.result()
                 await asyncio.sleep(0.01)
         assert app.store is not None
-        yield f"http://127.0.0.1:{app.api.port}", app.store
+        yield f"http://127.0.0.1:{app.api.port}", app
     finally:
         app.request_stop()
         async with asyncio.timeout(10):

@@ -99,6 +99,11 @@ class ApiServer:
         self.bound = asyncio.Event()
         self.port: int | None = None
 
+    @property
+    def app(self) -> web.Application:
+        """The application served (its router is what /openapi.json must describe)."""
+        return self._app
+
     async def serve(self) -> None:
         """Listen, set `bound`, and wait for cancellation; always cleans up."""
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
