@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd.api.auth import hash_token
-from tests.helpers import free_port, gatewayd, wait_for, write_yaml
+from tests.helpers import free_port, gatewayd, run_gatewayd, wait_for, write_yaml
 from tests.store_fixtures import ADMIN, PRODUCTS, WATER
 
 GW = "gatewayd_gw-e2e"
@@ -121,3 +121,23 @@ def test_registry_survives_sigkill(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_bad_product_file_exits_78_naming_file_and_field(tmp_path):
+    products = tmp_path / "products"
+    bad = write_yaml(
+        products / "meter.yaml",
+        {"product_id": "m", "name": "M", "services": [{"service_id": "S", "properties": [{}]}]},
+    )
+    config = write_yaml(
+        tmp_path / "gw.yaml",
+        {
+            "gateway": {"node_id": "gw"},
+            "state_dir": str(tmp_path / "state"),
+            "products": str(products),
+            "api": {"port": free_port()},
+        },
+    )
+    result = run_gatewayd("run", "-c", str(config))
+    assert result.returncode == 78, result.stderr
+    assert f"{bad}: services.0.properties.0.name: Field required" in result.stderr
