@@ -7,29 +7,20 @@ INACTIVE until the first data; a device with children is deleted only with casca
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from gatewayd.devices import (
-    AuthInfo,
-    AuthType,
-    Device,
-    DeviceCreate,
-    DeviceStatus,
-    DeviceUpdate,
-    NodeType,
-)
+from gatewayd.devices import Device, DeviceCreate, DeviceStatus, DeviceUpdate, NodeType
 from gatewayd.products import ProductCatalog
+from gatewayd.store import device_rows as rows
 from gatewayd.store.db import Database
+from gatewayd.store.device_rows import DevicePage, DeviceQuery, Origin
 from gatewayd.store.errors import (
     DeviceExists,
-    DeviceNotFound,
     HasChildren,
     InvalidField,
     ParentNotFound,
@@ -43,35 +34,6 @@ from gatewayd.store.shadows import ShadowStore, initial_desired, insert_shadows
 __all__ = ["MAX_LEVEL", "DevicePage", "DeviceQuery", "Origin", "Registry"]
 
 MAX_LEVEL = 2  # gateway -> child -> grandchild
-Origin = Literal["gateway", "config", "api"]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceQuery:
-    """Filters and paging of a device list; newest first, like IoTDA.
-
-    Args:
-        marker: the `seq` of the last device of the previous page; only older ones follow.
-        offset: devices skipped after the marker.
-    """
-
-    product_id: str | None = None
-    gateway_id: str | None = None
-    node_id: str | None = None
-    device_name: str | None = None
-    status: DeviceStatus | None = None
-    limit: int = 10
-    offset: int = 0
-    marker: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DevicePage:
-    """One page of devices, the total matching the filters, and the next page's marker."""
-
-    devices: list[Device]
-    count: int
-    marker: int | None
 
 
 class Registry:
@@ -115,17 +77,19 @@ class Registry:
         now = self._clock()
 
         def work(conn: sqlite3.Connection) -> Device:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM devices WHERE level = 0").fetchone()  # noqa: S608
+            row = conn.execute("SELECT device_id FROM devices WHERE level = 0").fetchone()
             if row is None:
-                _insert(conn, request, None, 0, NodeType.GATEWAY, "gateway", now)
+                rows.insert(conn, request, None, 0, NodeType.GATEWAY, "gateway", now)
             else:
+                if row[0] != device_id and rows.exists(conn, device_id):
+                    raise DeviceExists("gateway.device_id", f"{device_id!r} is another device")
                 conn.execute(
                     "UPDATE devices SET device_id = ?, node_id = ?, product_id = ?, "
                     "device_name = ? WHERE level = 0",
                     (device_id, node_id, product_id, name),
                 )
             insert_shadows(conn, device_id, desired, now)
-            return _get(conn, device_id)
+            return rows.get(conn, device_id)
 
         gateway = await self._db.transact(work)
         self.gateway_id = gateway.device_id
@@ -151,11 +115,11 @@ class Registry:
         def work(conn: sqlite3.Connection) -> Device:
             parent_id, level = self._place(conn, request.gateway_id)
             device_id = request.effective_device_id
-            if _exists(conn, device_id):
+            if rows.exists(conn, device_id):
                 raise DeviceExists("device_id", f"device {device_id!r} already exists")
-            _insert(conn, request, parent_id, level, NodeType.ENDPOINT, origin, now)
+            rows.insert(conn, request, parent_id, level, NodeType.ENDPOINT, origin, now)
             insert_shadows(conn, device_id, desired, now)
-            return _get(conn, device_id)
+            return rows.get(conn, device_id)
 
         device = await self._db.transact(work)
         self._shadows_changed(device.device_id, desired)
@@ -167,19 +131,19 @@ class Registry:
         Raises:
             DeviceNotFound: no such device.
         """
-        return await self._db.run(lambda conn: _get(conn, device_id))
+        return await self._db.run(lambda conn: rows.get(conn, device_id))
 
     async def find(self, device_id: str) -> Device | None:
         """The device of that id, or None."""
-        return await self._db.run(lambda conn: _find(conn, device_id))
+        return await self._db.run(lambda conn: rows.find(conn, device_id))
 
     async def page(self, query: DeviceQuery) -> DevicePage:
         """Devices matching the filters, newest first; stable across pages."""
-        return await self._db.run(lambda conn: _list(conn, query))
+        return await self._db.run(lambda conn: rows.page(conn, query))
 
     async def devices(self, origin: Origin | None = None) -> list[Device]:
         """Every device (of one origin), parents before their children."""
-        return await self._db.run(lambda conn: _all(conn, origin))
+        return await self._db.run(lambda conn: rows.all_devices(conn, origin))
 
     async def update(self, device_id: str, request: DeviceUpdate) -> Device:
         """Change name, description, extension_info or credentials; absent fields stay.
@@ -190,22 +154,22 @@ class Registry:
         """
 
         def work(conn: sqlite3.Connection) -> Device:
-            device = _get(conn, device_id)
+            device = rows.get(conn, device_id)
             changes: dict[str, Any] = {}
             for name in ("device_name", "description"):
                 if name in request.model_fields_set:
                     changes[name] = getattr(request, name)
             if "extension_info" in request.model_fields_set:
-                changes["extension_info"] = _json_or_none(request.extension_info)
+                changes["extension_info"] = rows.json_or_none(request.extension_info)
             if request.auth_info is not None:
-                changes.update(_auth_changes(device, request))
+                changes.update(rows.auth_changes(device, request))
             if changes:
                 assignments = ", ".join(f"{k} = ?" for k in changes)
                 conn.execute(
                     f"UPDATE devices SET {assignments} WHERE device_id = ?",  # noqa: S608
                     (*changes.values(), device_id),
                 )
-            return _get(conn, device_id)
+            return rows.get(conn, device_id)
 
         return await self._db.transact(work)
 
@@ -223,7 +187,7 @@ class Registry:
                 (node_id, product_id, name, device_id),
             )
             insert_shadows(conn, device_id, desired, now)
-            return _get(conn, device_id)
+            return rows.get(conn, device_id)
 
         return await self._db.transact(work)
 
@@ -237,10 +201,10 @@ class Registry:
         """
 
         def work(conn: sqlite3.Connection) -> list[str]:
-            device = _get(conn, device_id)
+            device = rows.get(conn, device_id)
             if device.node_type is NodeType.GATEWAY:
                 raise ProtectedDevice("device_id", "the gateway itself cannot be deleted")
-            below = _descendants(conn, device_id)
+            below = rows.descendants(conn, device_id)
             if below and not cascade:
                 raise HasChildren(
                     "device_id",
@@ -265,7 +229,7 @@ class Registry:
         now = self._clock().isoformat()
 
         def work(conn: sqlite3.Connection) -> Device:
-            device = _get(conn, device_id)
+            device = rows.get(conn, device_id)
             if device.status is not status:
                 conn.execute(
                     "UPDATE devices SET status = ?, connection_status_update_time = ?, "
@@ -273,7 +237,7 @@ class Registry:
                     "THEN ? END) WHERE device_id = ?",
                     (status.value, now, status.value, now, device_id),
                 )
-            return _get(conn, device_id)
+            return rows.get(conn, device_id)
 
         return await self._db.transact(work)
 
@@ -282,7 +246,7 @@ class Registry:
         parent_id = gateway_id or self.gateway_id
         if parent_id is None:
             raise ParentNotFound("gateway_id", "no gateway is registered yet")
-        parent = _find(conn, parent_id)
+        parent = rows.find(conn, parent_id)
         if parent is None:
             raise ParentNotFound("gateway_id", f"no device {parent_id!r} to attach to")
         if parent.level >= MAX_LEVEL:
@@ -295,186 +259,3 @@ class Registry:
 
     def _shadows_changed(self, device_id: str, desired: dict[str, dict[str, Any]]) -> None:
         self._shadows.notify_initial(device_id, [sid for sid, v in desired.items() if v])
-
-
-_COLUMNS = (
-    "seq, device_id, node_id, product_id, parent_id, level, node_type, device_name, "
-    "description, app_id, fw_version, sw_version, device_sdk_version, auth_type, secret, "
-    "fingerprint, secure_access, timeout, status, create_time, active_time, "
-    "connection_status_update_time, tags, extension_info, origin"
-)
-
-
-def _row_to_device(row: Sequence[Any]) -> Device:
-    (seq, device_id, node_id, product_id, parent_id, level, node_type, name, description,
-     app_id, fw, sw, sdk, auth_type, secret, fingerprint, secure, timeout, status, created,
-     active, changed, tags, ext, origin) = row  # fmt: skip
-    return Device(
-        device_id=device_id,
-        node_id=node_id,
-        product_id=product_id,
-        gateway_id=parent_id or device_id,
-        node_type=NodeType(node_type),
-        level=level,
-        status=DeviceStatus(status),
-        create_time=datetime.fromisoformat(created),
-        auth_type=AuthType(auth_type),
-        secret=secret,
-        fingerprint=fingerprint,
-        secure_access=bool(secure),
-        timeout=timeout,
-        device_name=name,
-        description=description,
-        app_id=app_id,
-        fw_version=fw,
-        sw_version=sw,
-        device_sdk_version=sdk,
-        active_time=datetime.fromisoformat(active) if active else None,
-        connection_status_update_time=datetime.fromisoformat(changed) if changed else None,
-        tags=tuple((k, v) for k, v in json.loads(tags)),
-        extension_info=json.loads(ext) if ext else None,
-        origin=origin,
-        seq=seq,
-    )
-
-
-def _insert(  # noqa: PLR0913, PLR0917 - the new row's context
-    conn: sqlite3.Connection,
-    request: DeviceCreate,
-    parent_id: str | None,
-    level: int,
-    node_type: NodeType,
-    origin: Origin,
-    now: datetime,
-) -> None:
-    auth = request.auth_info or AuthInfo()
-    conn.execute(
-        "INSERT INTO devices (device_id, node_id, product_id, parent_id, level, node_type, "
-        "device_name, description, app_id, auth_type, secret, fingerprint, secure_access, "
-        "timeout, status, create_time, extension_info, origin) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            request.effective_device_id,
-            request.node_id,
-            request.product_id,
-            parent_id,
-            level,
-            node_type.value,
-            request.device_name,
-            request.description,
-            request.app_id,
-            auth.auth_type.value,
-            auth.secret,
-            auth.fingerprint,
-            auth.secure_access,
-            auth.timeout,
-            DeviceStatus.INACTIVE.value,
-            now.isoformat(),
-            _json_or_none(request.extension_info),
-            origin,
-        ),
-    )
-
-
-def _json_or_none(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _exists(conn: sqlite3.Connection, device_id: str) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-        is not None
-    )
-
-
-def _find(conn: sqlite3.Connection, device_id: str) -> Device | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
-        (device_id,),
-    ).fetchone()
-    return _row_to_device(row) if row else None
-
-
-def _get(conn: sqlite3.Connection, device_id: str) -> Device:
-    device = _find(conn, device_id)
-    if device is None:
-        raise DeviceNotFound("device_id", f"no device {device_id!r}")
-    return device
-
-
-def _descendants(conn: sqlite3.Connection, device_id: str) -> list[str]:
-    """Everything below a device, deepest first (so deleting in order keeps parents valid)."""
-    rows = conn.execute(
-        "WITH RECURSIVE below(id, level) AS ("
-        " SELECT device_id, level FROM devices WHERE parent_id = ?"
-        " UNION ALL SELECT d.device_id, d.level FROM devices d JOIN below b ON d.parent_id = b.id"
-        ") SELECT id FROM below ORDER BY level DESC",
-        (device_id,),
-    )
-    return [r[0] for r in rows]
-
-
-def _all(conn: sqlite3.Connection, origin: Origin | None) -> list[Device]:
-    sql = f"SELECT {_COLUMNS} FROM devices"  # noqa: S608
-    params: tuple[str, ...] = ()
-    if origin is not None:
-        sql += " WHERE origin = ?"
-        params = (origin,)
-    return [_row_to_device(r) for r in conn.execute(sql + " ORDER BY level, seq", params)]
-
-
-def _list(conn: sqlite3.Connection, query: DeviceQuery) -> DevicePage:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("product_id", query.product_id),
-        ("parent_id", query.gateway_id),
-        ("node_id", query.node_id),
-        ("device_name", query.device_name),
-        ("status", query.status.value if query.status else None),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    filters = " AND ".join(where) or "1"
-    count = conn.execute(
-        f"SELECT COUNT(*) FROM devices WHERE {filters}",  # noqa: S608
-        params,
-    ).fetchone()[0]
-    paged = filters
-    page_params = list(params)
-    if query.marker is not None:
-        paged += " AND seq < ?"
-        page_params.append(query.marker)
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM devices WHERE {paged} ORDER BY seq DESC LIMIT ? OFFSET ?",  # noqa: S608
-        (*page_params, query.limit, query.offset),
-    ).fetchall()
-    devices = [_row_to_device(r) for r in rows]
-    return DevicePage(devices, count, devices[-1].seq if devices else None)
-
-
-def _auth_changes(device: Device, request: DeviceUpdate) -> dict[str, Any]:
-    update = request.auth_info
-    assert update is not None  # checked by the caller
-    auth_type = update.auth_type or device.auth_type
-    secret = device.secret if auth_type is AuthType.SECRET else None
-    fingerprint = device.fingerprint if auth_type is AuthType.CERTIFICATES else None
-    if update.secret is not None:
-        if auth_type is not AuthType.SECRET:
-            raise InvalidField("auth_info.secret", "only valid with auth_type SECRET")
-        secret = update.secret
-    if update.fingerprint is not None:
-        if auth_type is not AuthType.CERTIFICATES:
-            raise InvalidField("auth_info.fingerprint", "only valid with auth_type CERTIFICATES")
-        fingerprint = update.fingerprint
-    changes: dict[str, Any] = {
-        "auth_type": auth_type.value,
-        "secret": secret,
-        "fingerprint": fingerprint,
-    }
-    if update.secure_access is not None:
-        changes["secure_access"] = update.secure_access
-    if update.timeout is not None:
-        changes["timeout"] = update.timeout
-    return changes

@@ -8,7 +8,6 @@ applies when it is still current. The core learns of desired changes through
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewayd.products import Product, ProductCatalog
+from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
 
@@ -103,7 +103,7 @@ class ShadowStore:
         self._db = db
         self._products = products
         self._clock = clock
-        self._feed = _ChangeFeed()
+        self._feed: ChangeFeed[ShadowKey] = ChangeFeed()
 
     async def get(self, device_id: str) -> list[ServiceShadow]:
         """Every service's shadow of the device (the product's services first, in order)."""
@@ -297,29 +297,6 @@ def insert_shadows(
             "VALUES (?, ?, 0, ?)",
             (device_id, service_id, _dump(props)),
         )
-
-
-class _ChangeFeed:
-    """Keys of changed shadows, coalesced until the consumer takes them."""
-
-    def __init__(self) -> None:
-        self._pending: dict[ShadowKey, None] = {}
-        self._wake = asyncio.Event()
-
-    def notify(self, keys: Iterable[ShadowKey]) -> None:
-        for key in keys:
-            self._pending[key] = None
-        if self._pending:
-            self._wake.set()
-
-    async def changes(self) -> AsyncIterator[ShadowKey]:
-        while True:
-            await self._wake.wait()
-            while self._pending:
-                key = next(iter(self._pending))
-                del self._pending[key]
-                yield key
-            self._wake.clear()
 
 
 def _same(a: Any, b: Any) -> bool:
