@@ -37,5 +37,5 @@ def append(title: str, lines: list[str]) -> None:
     """Add one dated section to docs/benchmarks.md."""
     text = RESULTS.read_text() if RESULTS.exists() else _HEADER
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = [f"\n## {title} ({stamp})\n", f"Machine: {machine()}\n", *[f"{x}\n" for x in lines]]
+    section = [f"\n## {title} ({stamp})\n\n", f"Machine: {machine()}\n", *[f"{x}\n" for x in lines]]
     RESULTS.write_text(text.rstrip("\n") + "\n" + "".join(section))

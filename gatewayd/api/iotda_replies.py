@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gatewayd.devices import Device, compact_time, mask, precise_time
@@ -66,7 +67,7 @@ def shadow_reply(device_id: str, shadows: list[ServiceShadow]) -> dict[str, Any]
     }
 
 
-def _section(props: dict[str, PropertyValue] | Any) -> dict[str, Any]:
+def _section(props: Mapping[str, PropertyValue]) -> dict[str, Any]:
     latest = max((p.at for p in props.values()), default=None)
     return {
         "properties": {k: p.value for k, p in props.items()},
