@@ -48,7 +48,7 @@ async def sync_configured(registry: Registry, settings: Settings) -> SyncReport:
         devices: dict[str, DeviceConfig[Any]] = getattr(conn, "devices", {})
         ids = {key: child_identity(conn, dev).device_id for key, dev in devices.items()}
         # Parents first: a device's parent is on the same connection (checked at load).
-        for key, dev in sorted(devices.items(), key=lambda kv: kv[1].parent is not None):
+        for key, dev in sorted(devices.items(), key=lambda kv: _depth(devices, kv[0])):
             path = f"connections.{conn_id}.devices.{key}"
             ident = child_identity(conn, dev)
             declared.add(ident.device_id)
@@ -130,6 +130,16 @@ async def _remove_undeclared(registry: Registry, declared: set[str], report: Syn
         await registry.delete(device.device_id)
         report.removed.append(device.device_id)
         log.warning("device %s is no longer configured: removed with its shadow", device.device_id)
+
+
+def _depth(devices: dict[str, DeviceConfig[Any]], key: str) -> int:
+    """Steps from a device up to the gateway; a cycle counts as deeper than any real chain."""
+    depth = 0
+    parent = devices[key].parent
+    while parent is not None and depth <= len(devices):
+        depth += 1
+        parent = devices[parent].parent
+    return depth
 
 
 def _refuse(report: SyncReport, path: str, reason: str) -> None:

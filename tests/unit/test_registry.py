@@ -104,6 +104,13 @@ async def test_delete_refuses_children_unless_cascade(tmp_path):
         assert await reg.find(other.device_id) is not None
         with pytest.raises(DeviceNotFound):
             await store.shadows.get(grand.device_id)
+        left = await store.db.run(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM shadows WHERE device_id IN (?, ?)",
+                (grand.device_id, child.device_id),
+            ).fetchone()[0]
+        )
+        assert left == 0
         with pytest.raises(ProtectedDevice):
             await reg.delete(GW, cascade=True)
         with pytest.raises(DeviceNotFound):

@@ -101,3 +101,20 @@ async def test_a_new_gateway_id_carries_its_children(tmp_path):
         conv = await store.registry.get(f"{WATER}_conv")
         assert conv.gateway_id == "site-7-gw"
         assert await store.registry.find(GW) is None
+
+
+async def test_three_levels_in_yaml_are_refused_whatever_the_key_order(tmp_path):
+    devices = {
+        "a-deepest": {"parent": "b-middle", "product_id": WATER},
+        "b-middle": {"parent": "c-top", "product_id": WATER},
+        "c-top": {"product_id": WATER},
+        "loop1": {"parent": "loop2"},
+        "loop2": {"parent": "loop1"},
+    }
+    async with open_store(store_settings(tmp_path, connections=_connections(devices))) as store:
+        assert sorted(store.sync.created) == [f"{WATER}_b-middle", f"{WATER}_c-top"]
+        assert "at most 2 levels" in store.sync.refused["connections.rs485.devices.a-deepest"]
+        assert set(store.sync.refused) >= {
+            "connections.rs485.devices.loop1",
+            "connections.rs485.devices.loop2",
+        }
