@@ -84,7 +84,10 @@ class App:
         component = self.health.component("store", critical=True)
         async with open_store(self.settings) as store:
             self.store = store
-            component.up(str(store.db.path))
+            detail = str(store.db.path)
+            if store.db.moved_aside is not None:
+                detail += f"; damaged file moved to {store.db.moved_aside}"
+            component.up(detail)
             try:
                 await self._serve(store)
             finally:

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -87,11 +88,16 @@ class Database:
     """
 
     def __init__(
-        self, path: Path, executor: ThreadPoolExecutor, connection: sqlite3.Connection
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        connection: sqlite3.Connection,
+        moved_aside: Path | None = None,
     ) -> None:
         self.path = path
         self._executor = executor
         self._conn = connection
+        self.moved_aside = moved_aside  # where a corrupt file went when this one was created
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the worker thread (autocommit) and return its result."""
@@ -113,30 +119,43 @@ async def open_database(
 ) -> AsyncIterator[Database]:
     """Open (creating and migrating when needed) the database at `path`; close it on exit.
 
+    A file that is not a database or fails SQLite's quick check is moved aside (named in
+    `Database.moved_aside` and logged as an error) and a fresh one is created: the daemon keeps
+    running, and the registry is rebuilt from the configuration.
+
     Raises:
         ConfigError: the file cannot be opened, or was written by a newer gatewayd.
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-db")
     loop = asyncio.get_running_loop()
     try:
-        conn = await loop.run_in_executor(executor, _connect, path, tuple(migrations))
+        conn, aside = await loop.run_in_executor(executor, _connect, path, tuple(migrations))
     except BaseException:
         executor.shutdown(wait=True)
         raise
     try:
-        yield Database(path, executor, conn)
+        yield Database(path, executor, conn, aside)
     finally:
         # Closing waits for any statement still queued on the worker: nothing half-written.
         await asyncio.shield(loop.run_in_executor(executor, conn.close))
         executor.shutdown(wait=True)
 
 
-def _connect(path: Path, migrations: tuple[str, ...]) -> sqlite3.Connection:
+def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connection, Path | None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"state database {path}: {exc}") from exc
+    conn = _open(path)
+    aside = None
+    problem = _damage(conn)
+    if problem is not None:
+        conn.close()
+        aside = _move_aside(path)
+        log.error(
+            "state database %s is damaged (%s): moved to %s; starting with a fresh one",
+            path,
+            problem,
+            aside,
+        )
+        conn = _open(path)
     try:
         path.chmod(0o600)  # holds device secrets
         conn.execute("PRAGMA journal_mode=WAL")
@@ -147,7 +166,38 @@ def _connect(path: Path, migrations: tuple[str, ...]) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, aside
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"state database {path}: {exc}") from exc
+
+
+def _damage(conn: sqlite3.Connection) -> str | None:
+    """Why the file is unusable, or None when SQLite's quick check passes."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        raise  # locked, unreadable: not damage, and not ours to move
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows != [("ok",)]:
+        return "; ".join(str(r[0]) for r in rows[:3])
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            extra.rename(aside.with_name(aside.name + suffix))
+    return aside
 
 
 def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -251,3 +251,18 @@ async def test_times_use_the_seed_formats(tmp_path):
         assert re.fullmatch(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", precise_time(device.active_time) or ""
         )
+
+
+async def test_a_damaged_file_is_moved_aside_and_the_registry_rebuilt(tmp_path):
+    settings = store_settings(tmp_path)
+    async with open_store(settings) as store:
+        await store.registry.create(_req("n1"))
+    path = settings.state_dir / STATE_FILE
+    path.write_bytes(b"this is not a database" * 100)
+    async with open_store(settings) as store:
+        aside = store.db.moved_aside
+        assert aside is not None
+        assert aside.read_bytes().startswith(b"this is not a database")
+        assert [d.device_id for d in await store.registry.devices()] == [GW]
+    async with open_store(settings) as store:
+        assert store.db.moved_aside is None
