@@ -41,6 +41,7 @@ class ListParams(BaseModel):
 
     product_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,36}$")
     gateway_id: DeviceId | None = None
+    is_cascade_query: bool = False
     node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     device_name: str | None = Field(default=None, min_length=1, max_length=256)
     status: DeviceStatus | None = None
@@ -112,6 +113,7 @@ async def _list(request: web.Request) -> web.Response:
             limit=params.limit,
             offset=params.offset,
             marker=marker,
+            cascade=params.is_cascade_query,
         )
     )
     return web.json_response(
@@ -182,6 +184,12 @@ _LIST = Operation(
         _PROJECT,
         Param("product_id", "query"),
         Param("gateway_id", "query", description="Children of this device."),
+        Param(
+            "is_cascade_query",
+            "query",
+            {"type": "boolean"},
+            "With gateway_id: every device below it, not only its children.",
+        ),
         Param("node_id", "query"),
         Param("device_name", "query"),
         Param("status", "query"),

@@ -58,6 +58,7 @@ class DeviceQuery:
     limit: int = 10
     offset: int = 0
     marker: int | None = None
+    cascade: bool = False  # with gateway_id: every device below it, not only its children
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,13 +202,23 @@ def all_devices(conn: sqlite3.Connection, origin: Origin | None) -> list[Device]
     return [_row_to_device(r) for r in conn.execute(sql + " ORDER BY level, seq", params)]
 
 
+_BELOW = (
+    "WITH RECURSIVE below(id) AS (SELECT device_id FROM devices WHERE parent_id = ? "
+    "UNION ALL SELECT d.device_id FROM devices d JOIN below b ON d.parent_id = b.id) "
+    "SELECT id FROM below"
+)
+
+
 def page(conn: sqlite3.Connection, query: DeviceQuery) -> DevicePage:
     """One page of devices matching the query, newest first, and the total count."""
     where: list[str] = []
     params: list[Any] = []
+    if query.gateway_id is not None and query.cascade:
+        where.append(f"device_id IN ({_BELOW})")
+        params.append(query.gateway_id)
     for column, value in (
         ("product_id", query.product_id),
-        ("parent_id", query.gateway_id),
+        ("parent_id", None if query.cascade else query.gateway_id),
         ("node_id", query.node_id),
         ("device_name", query.device_name),
         ("status", query.status.value if query.status else None),

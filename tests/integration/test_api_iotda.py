@@ -155,6 +155,11 @@ async def test_seed_child_example(api):
     assert (body["gateway_id"], body["node_type"]) == (SEED_PARENT, "ENDPOINT")
     status, page = await api.call("GET", f"{BASE}?gateway_id={SEED_PARENT}")
     assert [d["device_id"] for d in page["devices"]] == [SEED_ID]
+    status, page = await api.call("GET", f"{BASE}?gateway_id={GW}")
+    assert [d["device_id"] for d in page["devices"]] == [SEED_PARENT]
+    status, page = await api.call("GET", f"{BASE}?gateway_id={GW}&is_cascade_query=true")
+    assert [d["device_id"] for d in page["devices"]] == [SEED_ID, SEED_PARENT]
+    assert page["page"]["count"] == 2
 
 
 async def test_duplicate_and_unknown_parent_over_http(api):
