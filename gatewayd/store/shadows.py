@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.products import Product, ProductCatalog
+from gatewayd.products import Product, ProductCatalog, PropertyDef
 from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
@@ -150,6 +150,9 @@ class ShadowStore:
     ) -> ServiceShadow:
         """Record values the field confirmed; the first data also activates the device.
 
+        Values are checked against the device's product; a device whose product has no file
+        reports any JSON value under any service and property.
+
         Raises:
             DeviceNotFound: no such device.
             InvalidField: unknown service or property, or a value that does not fit.
@@ -158,18 +161,7 @@ class ShadowStore:
 
         def work(conn: sqlite3.Connection) -> ServiceShadow:
             product = self._product_of(conn, device_id)
-            service = product.service(service_id) if product else None
-            if service is None:
-                raise InvalidField("service_id", f"the product has no service {service_id!r}")
-            checked = {}
-            for name, value in props.items():
-                prop = service.property(name)
-                if prop is None:
-                    raise InvalidField(name, f"service {service_id} has no property {name!r}")
-                try:
-                    checked[name] = prop.check(value)
-                except ValueError as exc:
-                    raise InvalidField(name, str(exc)) from None
+            checked = _check_reported(product, service_id, props)
             row = _read_row(conn, device_id, service_id)
             reported = row.reported if row else {}
             merged = {**reported, **{k: PropertyValue(v, when) for k, v in checked.items()}}
@@ -297,6 +289,31 @@ def insert_shadows(
             "VALUES (?, ?, 0, ?)",
             (device_id, service_id, _dump(props)),
         )
+
+
+def _check_reported(
+    product: Product | None, service_id: str, props: Mapping[str, Any]
+) -> dict[str, Any]:
+    if product is None:
+        free = PropertyDef(name="value", type="json")
+        checks = dict.fromkeys(props, free)
+    else:
+        service = product.service(service_id)
+        if service is None:
+            raise InvalidField("service_id", f"the product has no service {service_id!r}")
+        checks = {}
+        for name in props:
+            prop = service.property(name)
+            if prop is None:
+                raise InvalidField(name, f"service {service_id} has no property {name!r}")
+            checks[name] = prop
+    checked = {}
+    for name, value in props.items():
+        try:
+            checked[name] = checks[name].check(value)
+        except ValueError as exc:
+            raise InvalidField(name, str(exc)) from None
+    return checked
 
 
 def _same(a: Any, b: Any) -> bool:

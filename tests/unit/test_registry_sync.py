@@ -34,6 +34,10 @@ async def test_sync_creates_the_tree_and_is_idempotent(tmp_path):
         assert (m1.level, m1.gateway_id, m1.device_name) == (2, ids["conv"], "Meter 1")
         assert plain.product_id == "memory"  # no such product file: registered, no shadow
         assert await store.shadows.get(plain.device_id) == []
+        # without a product, reported values are taken as they come
+        await store.shadows.report(plain.device_id, "points", {"t": 21.5, "ok": True})
+        (points,) = await store.shadows.get(plain.device_id)
+        assert {k: p.value for k, p in points.reported.items()} == {"t": 21.5, "ok": True}
         assert {s.service_id for s in await store.shadows.get(m1.device_id)} == {
             "WaterMeter",
             "Battery",
