@@ -1,1 +1,5 @@
-"""Benchmarks: one module per topic; results go to docs/benchmarks.md."""
+"""Benchmarks: one module per topic, run with `python -m benchmarks NAME` (no name: all)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -107,7 +107,8 @@ async def _round_trips(gw: Path, dev: Path, count: int) -> tuple[float, float]:
     return statistics.median(times) * 1e3, times[int(len(times) * 0.99)] * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    del argv
     mb_s, frames_s = bench_framing()
     nmea_s = bench_nmea()
     median_ms, p99_ms = asyncio.run(bench_round_trip())
@@ -119,6 +120,7 @@ def main() -> None:
         f"| {stamp} | {machine} | request/response over a pty | "
         f"median {median_ms:.2f} ms, p99 {p99_ms:.2f} ms |"
     )
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from gatewayd import systemd
+from gatewayd.api.auth import TokenAuth
+from gatewayd.api.iotda import mount_iotda
 from gatewayd.api.server import ApiServer, build_app
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.bridge.sink import BridgeSink, LatestValues
@@ -16,6 +19,7 @@ from gatewayd.driver import ConnectionConfig, Driver
 from gatewayd.health import Health
 from gatewayd.registry import spec_for
 from gatewayd.settings import Settings
+from gatewayd.store import Store, open_store
 
 __all__ = ["App", "default_build_driver"]
 
@@ -68,6 +72,7 @@ class App:
             if conn.enabled
         }
         self.api: ApiServer | None = None
+        self.store: Store | None = None  # open while run() runs
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -76,14 +81,31 @@ class App:
     async def run(self) -> None:
         """Serve until `request_stop()`; a bug in any task propagates out of here."""
         self._prepare_state_dir()
-        store = self.health.component("store", critical=True)
-        store.up(str(self.settings.state_dir))
+        component = self.health.component("store", critical=True)
+        async with open_store(self.settings) as store:
+            self.store = store
+            detail = str(store.db.path)
+            if store.db.moved_aside is not None:
+                detail += f"; damaged file moved to {store.db.moved_aside}"
+            component.up(detail)
+            try:
+                await self._serve(store)
+            finally:
+                component.stopped()
+        log.info("stopped")
+
+    async def _serve(self, store: Store) -> None:
+        api = self.settings.api
         try:
             async with asyncio.TaskGroup() as tg:
-                if self.settings.api.enabled:
+                if api.enabled:
                     self.api = ApiServer(
-                        self.settings.api,
-                        build_app(self.health),
+                        api,
+                        build_app(
+                            self.health,
+                            functools.partial(mount_iotda, store=store, project_id=api.project_id),
+                            auth=TokenAuth(api.tokens),
+                        ),
                         self.health.component("api", critical=True),
                     )
                     tg.create_task(self.api.serve(), name="api")
@@ -94,7 +116,6 @@ class App:
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Shutdown:
             pass
-        log.info("stopped")
 
     async def _wait_stop(self) -> None:
         await self.stop_requested.wait()

@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gatewayd import __version__
+from gatewayd.api.auth import TokenAuth, auth_middleware
+from gatewayd.api.errors import error_middleware
+from gatewayd.api.openapi import API_DOC_KEY, ApiDoc, Operation, add_route
 from gatewayd.errors import ConfigError
 from gatewayd.health import Component, Health, State
 from gatewayd.settings import ApiConfig
@@ -20,15 +24,46 @@ HEALTH_KEY = web.AppKey("health", Health)
 
 
 def build_app(
-    health: Health, extra: Callable[[web.Application], None] | None = None
+    health: Health,
+    extra: Callable[[web.Application], None] | None = None,
+    *,
+    auth: TokenAuth | None = None,
 ) -> web.Application:
-    """The application with every surface mounted."""
-    app = web.Application()
+    """The application with every surface mounted.
+
+    Every route but `/healthz` needs a token; with no `auth`, no token is accepted.
+    """
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(auth or TokenAuth({}))],
+        client_max_size=1024 * 1024,
+    )
     app[HEALTH_KEY] = health
-    app.router.add_get("/healthz", _healthz)
+    app[API_DOC_KEY] = ApiDoc("gatewayd local API", __version__)
+    add_route(app, "GET", "/healthz", _healthz, _HEALTHZ)
+    add_route(app, "GET", "/openapi.json", _openapi, _OPENAPI)
     if extra is not None:
         extra(app)
     return app
+
+
+_HEALTHZ = Operation(
+    summary="Liveness and readiness, per component",
+    scope="public",
+    tag="operations",
+    responses={200: "alive", 503: "a critical component failed"},
+    reply={"type": "object", "required": ["status", "live", "ready", "components"]},
+)
+_OPENAPI = Operation(
+    summary="This document",
+    scope="read",
+    tag="operations",
+    responses={200: "the OpenAPI document"},
+    reply={"type": "object"},
+)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[API_DOC_KEY].document())
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -63,6 +98,11 @@ class ApiServer:
         self._component = component
         self.bound = asyncio.Event()
         self.port: int | None = None
+
+    @property
+    def app(self) -> web.Application:
+        """The application served (its router is what /openapi.json must describe)."""
+        return self._app
 
     async def serve(self) -> None:
         """Listen, set `bound`, and wait for cancellation; always cleans up."""

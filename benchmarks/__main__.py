@@ -1,0 +1,40 @@
+"""`python -m benchmarks [NAME ...] [--record]`: run benchmark modules (default: all).
+
+Each module in this package exposes `main(argv: list[str]) -> int`; `--record` (passed on)
+appends the results to docs/benchmarks.md with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+
+def _available() -> list[str]:
+    here = str(Path(__file__).parent)
+    return sorted(m.name for m in pkgutil.iter_modules([here]) if not m.name.startswith("_"))
+
+
+def main(argv: list[str]) -> int:
+    names = [a for a in argv if not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    available = _available()
+    if "-h" in flags or "--help" in flags:
+        print(__doc__)
+        print("available:", ", ".join(available))
+        return 0
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available)}")
+        return 2
+    worst = 0
+    for name in names or available:
+        module = importlib.import_module(f"benchmarks.{name}")
+        worst = max(worst, int(module.main(flags)))
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

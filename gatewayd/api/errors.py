@@ -1,0 +1,109 @@
+"""Error replies of the local API: `{"error_code", "error_msg"}`, the message naming the field."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gatewayd.store.errors import (
+    DeviceExists,
+    DeviceNotFound,
+    HasChildren,
+    InvalidField,
+    ProtectedDevice,
+    RegistryError,
+    VersionConflict,
+    invalid_request,
+)
+
+__all__ = ["ApiError", "error_middleware", "error_response", "read_json", "validated"]
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+_STATUS: tuple[tuple[type[RegistryError], int], ...] = (
+    (DeviceNotFound, 404),
+    (DeviceExists, 409),
+    (HasChildren, 409),
+    (ProtectedDevice, 409),
+    (VersionConflict, 409),
+    (InvalidField, 400),
+)
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    500: "INTERNAL_ERROR",
+}
+
+
+class ApiError(Exception):
+    """A refusal with its HTTP status, raised by handlers and turned into a reply.
+
+    Args:
+        status: HTTP status.
+        code: the `error_code`.
+        message: the `error_msg`, naming the field at fault.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The error body every surface of this API uses."""
+    return web.json_response({"error_code": code, "error_msg": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn refusals, unknown routes and bugs into JSON error replies."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except RegistryError as exc:
+        status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 400)
+        return error_response(status, exc.code, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "INTERNAL_ERROR", "internal error; see the gateway's log")
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "INVALID_JSON", f"body: not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "INVALID_JSON", "body: must be a JSON object")
+    return body
+
+
+def validated(model: type[M], data: Any, prefix: str = "") -> M:
+    """`model` validated from `data`; a 400 naming the first bad field otherwise."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request(exc, prefix) from None

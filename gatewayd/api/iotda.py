@@ -1,0 +1,252 @@
+"""The IoTDA surface of the local API: `/v5/iot/{project_id}/devices` and device shadows.
+
+Same field names, status values, validation rules and error shape as the cloud (seed 004),
+for the devices this gateway manages. Lists are newest first; `marker` is the 24-hex id of
+the last device of the previous page (all `f`, IoTDA's default, starts at the newest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gatewayd.api.errors import ApiError, read_json, validated
+from gatewayd.api.iotda_replies import (
+    DEVICE_SCHEMA,
+    LIST_SCHEMA,
+    SHADOW_SCHEMA,
+    device_reply,
+    shadow_reply,
+)
+from gatewayd.api.openapi import Operation, Param, add_route
+from gatewayd.devices import DeviceCreate, DeviceId, DeviceStatus, DeviceUpdate, ServiceId
+from gatewayd.store import Store
+from gatewayd.store.registry import DeviceQuery
+from gatewayd.store.shadows import DesiredUpdate
+
+__all__ = ["MAX_LIMIT", "ShadowUpdate", "mount_iotda"]
+
+MAX_LIMIT = 1000
+_ALL_F = "f" * 24
+STORE_KEY = web.AppKey("iotda_store", Store)
+PROJECT_KEY = web.AppKey("iotda_project", str)
+
+
+class ListParams(BaseModel):
+    """Query parameters of the device list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
+
+    product_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,36}$")
+    gateway_id: DeviceId | None = None
+    is_cascade_query: bool = False
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    device_name: str | None = Field(default=None, min_length=1, max_length=256)
+    status: DeviceStatus | None = None
+    limit: int = Field(default=10, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=500)
+    marker: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{24}$")
+
+
+class ServiceDesired(BaseModel):
+    """Desired values of one service; `null` deletes a property, `{}` clears them all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
+
+    service_id: ServiceId
+    desired: dict[str, Any]
+    version: int | None = Field(default=None, ge=0, description="Apply only at this version.")
+
+
+class ShadowUpdate(BaseModel):
+    """Body of `PUT .../shadow`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shadow: list[ServiceDesired] = Field(min_length=1)
+
+
+def mount_iotda(app: web.Application, store: Store, project_id: str) -> None:
+    """Add the IoTDA routes to `app`, answering for `project_id`."""
+    app[STORE_KEY] = store
+    app[PROJECT_KEY] = project_id
+    base = "/v5/iot/{project_id}/devices"
+    one = base + "/{device_id}"
+    add_route(app, "POST", base, _create, _CREATE)
+    add_route(app, "GET", base, _list, _LIST)
+    add_route(app, "GET", one, _show, _SHOW)
+    add_route(app, "PUT", one, _update, _UPDATE)
+    add_route(app, "DELETE", one, _delete, _DELETE)
+    add_route(app, "GET", one + "/shadow", _show_shadow, _SHOW_SHADOW)
+    add_route(app, "PUT", one + "/shadow", _update_shadow, _UPDATE_SHADOW)
+
+
+def _store(request: web.Request) -> Store:
+    project = request.match_info["project_id"]
+    if project != request.app[PROJECT_KEY]:
+        raise ApiError(404, "PROJECT_NOT_FOUND", f"project_id: no project {project!r} here")
+    return request.app[STORE_KEY]
+
+
+async def _create(request: web.Request) -> web.Response:
+    store = _store(request)
+    body = validated(DeviceCreate, await read_json(request))
+    device = await store.registry.create(body)
+    return web.json_response(device_reply(device, store.products), status=201)
+
+
+async def _list(request: web.Request) -> web.Response:
+    store = _store(request)
+    params = validated(ListParams, dict(request.query))
+    marker = None
+    if params.marker is not None and params.marker.lower() != _ALL_F:
+        marker = int(params.marker, 16)
+    page = await store.registry.page(
+        DeviceQuery(
+            product_id=params.product_id,
+            gateway_id=params.gateway_id,
+            node_id=params.node_id,
+            device_name=params.device_name,
+            status=params.status,
+            limit=params.limit,
+            offset=params.offset,
+            marker=marker,
+            cascade=params.is_cascade_query,
+        )
+    )
+    return web.json_response(
+        {
+            "devices": [device_reply(d, store.products, with_auth=False) for d in page.devices],
+            "page": {
+                "count": page.count,
+                "marker": f"{page.marker:024x}" if page.marker is not None else None,
+            },
+        }
+    )
+
+
+async def _show(request: web.Request) -> web.Response:
+    store = _store(request)
+    device = await store.registry.get(request.match_info["device_id"])
+    return web.json_response(device_reply(device, store.products))
+
+
+async def _update(request: web.Request) -> web.Response:
+    store = _store(request)
+    body = validated(DeviceUpdate, await read_json(request))
+    device = await store.registry.update(request.match_info["device_id"], body)
+    return web.json_response(device_reply(device, store.products))
+
+
+async def _delete(request: web.Request) -> web.Response:
+    store = _store(request)
+    cascade = request.query.get("cascade", "false").lower()
+    if cascade not in ("true", "false"):
+        raise ApiError(400, "INVALID_FIELD", "cascade: must be true or false")
+    await store.registry.delete(request.match_info["device_id"], cascade=cascade == "true")
+    return web.Response(status=204)
+
+
+async def _show_shadow(request: web.Request) -> web.Response:
+    store = _store(request)
+    device_id = request.match_info["device_id"]
+    return web.json_response(shadow_reply(device_id, await store.shadows.get(device_id)))
+
+
+async def _update_shadow(request: web.Request) -> web.Response:
+    store = _store(request)
+    device_id = request.match_info["device_id"]
+    body = validated(ShadowUpdate, await read_json(request))
+    updates = [DesiredUpdate(s.service_id, s.desired, s.version) for s in body.shadow]
+    shadows = await store.shadows.update_desired(device_id, updates)
+    return web.json_response(shadow_reply(device_id, shadows))
+
+
+_PROJECT = Param("project_id", "path", description="Must equal api.project_id.")
+_DEVICE = Param("device_id", "path")
+_TAG = "iotda"
+_CREATE = Operation(
+    summary="Register a device (seed 004); a child of the gateway unless gateway_id is given",
+    scope="admin",
+    tag=_TAG,
+    params=(_PROJECT,),
+    body=DeviceCreate,
+    responses={201: "created", 400: "a field breaks a rule", 409: "the device id is taken"},
+    reply=DEVICE_SCHEMA,
+)
+_LIST = Operation(
+    summary="List devices, newest first",
+    scope="read",
+    tag=_TAG,
+    params=(
+        _PROJECT,
+        Param("product_id", "query"),
+        Param("gateway_id", "query", description="Children of this device."),
+        Param(
+            "is_cascade_query",
+            "query",
+            {"type": "boolean"},
+            "With gateway_id: every device below it, not only its children.",
+        ),
+        Param("node_id", "query"),
+        Param("device_name", "query"),
+        Param("status", "query"),
+        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 500}),
+        Param("marker", "query", description="24 hex digits from the previous page."),
+    ),
+    responses={200: "a page of devices", 400: "a bad filter or paging value"},
+    reply=LIST_SCHEMA,
+)
+_SHOW = Operation(
+    summary="One device; secrets masked",
+    scope="read",
+    tag=_TAG,
+    params=(_PROJECT, _DEVICE),
+    responses={200: "the device", 404: "no such device"},
+    reply=DEVICE_SCHEMA,
+)
+_UPDATE = Operation(
+    summary="Change device_name, description, extension_info or auth_info",
+    scope="admin",
+    tag=_TAG,
+    params=(_PROJECT, _DEVICE),
+    body=DeviceUpdate,
+    responses={200: "the changed device", 400: "a field breaks a rule", 404: "no such device"},
+    reply=DEVICE_SCHEMA,
+)
+_DELETE = Operation(
+    summary="Delete a device; with children only when cascade=true",
+    scope="admin",
+    tag=_TAG,
+    params=(
+        _PROJECT,
+        _DEVICE,
+        Param("cascade", "query", {"type": "boolean"}, "Also delete every device below."),
+    ),
+    responses={204: "deleted", 404: "no such device", 409: "it has children, or is the gateway"},
+)
+_SHOW_SHADOW = Operation(
+    summary="The device shadow: desired, reported and version per service",
+    scope="read",
+    tag=_TAG,
+    params=(_PROJECT, _DEVICE),
+    responses={200: "the shadow", 404: "no such device"},
+    reply=SHADOW_SCHEMA,
+)
+_UPDATE_SHADOW = Operation(
+    summary="Change desired properties; a given version must be current",
+    scope="admin",
+    tag=_TAG,
+    params=(_PROJECT, _DEVICE),
+    body=ShadowUpdate,
+    responses={
+        200: "the shadow after the change",
+        400: "unknown service or property, or a bad value",
+        404: "no such device",
+        409: "version conflict",
+    },
+    reply=SHADOW_SCHEMA,
+)

@@ -1,0 +1,54 @@
+"""The gateway's own state: registry, shadows and products over one SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from gatewayd.errors import ConfigError
+from gatewayd.products import ProductCatalog, load_products
+from gatewayd.settings import Settings
+from gatewayd.store.db import Database, open_database
+from gatewayd.store.errors import RegistryError
+from gatewayd.store.registry import Registry
+from gatewayd.store.shadows import ShadowStore
+from gatewayd.store.sync import SyncReport, sync_configured
+
+__all__ = ["STATE_FILE", "Store", "open_store"]
+
+STATE_FILE = "state.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Everything the daemon keeps about the devices it manages."""
+
+    db: Database
+    products: ProductCatalog
+    registry: Registry
+    shadows: ShadowStore
+    sync: SyncReport
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """Load products, open the state database, register the gateway and sync YAML devices.
+
+    Raises:
+        ConfigError: bad product files, an unusable database, or a gateway identity that
+            breaks the registry rules.
+    """
+    products = load_products(settings.products)
+    async with open_database(settings.state_dir / STATE_FILE) as db:
+        shadows = ShadowStore(db, products)
+        registry = Registry(db, products, shadows)
+        gw = settings.gateway
+        try:
+            await registry.register_gateway(
+                gw.effective_device_id, gw.node_id, gw.product_id, gw.name
+            )
+        except RegistryError as exc:
+            raise ConfigError(str(exc)) from exc
+        report = await sync_configured(registry, settings)
+        yield Store(db, products, registry, shadows, report)

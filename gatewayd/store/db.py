@@ -1,0 +1,236 @@
+"""The state database: one SQLite file, one connection, one worker thread.
+
+SQLite calls block, so every statement runs on a single dedicated worker thread; the event
+loop only awaits the result. One thread also means one connection and no locking between
+writers. The schema is versioned with `PRAGMA user_version` and migrated forward at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from gatewayd.errors import ConfigError
+
+__all__ = ["MIGRATIONS", "Database", "open_database"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i + 1. Never edit a shipped entry: append one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE devices (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL UNIQUE,
+        node_id TEXT NOT NULL,
+        product_id TEXT NOT NULL,
+        parent_id TEXT REFERENCES devices (device_id) ON UPDATE CASCADE,
+        level INTEGER NOT NULL CHECK (level BETWEEN 0 AND 2),
+        node_type TEXT NOT NULL,
+        device_name TEXT,
+        description TEXT,
+        app_id TEXT,
+        fw_version TEXT,
+        sw_version TEXT,
+        device_sdk_version TEXT,
+        auth_type TEXT NOT NULL,
+        secret TEXT,
+        secondary_secret TEXT,
+        fingerprint TEXT,
+        secondary_fingerprint TEXT,
+        secure_access INTEGER NOT NULL,
+        timeout INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        create_time TEXT NOT NULL,
+        active_time TEXT,
+        connection_status_update_time TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        extension_info TEXT,
+        origin TEXT NOT NULL,
+        cloud_state TEXT NOT NULL DEFAULT 'pending',
+        cloud_reason TEXT
+    );
+    CREATE INDEX devices_parent ON devices (parent_id, seq);
+    CREATE INDEX devices_product ON devices (product_id, seq);
+    CREATE INDEX devices_node ON devices (node_id, seq);
+    CREATE INDEX devices_name ON devices (device_name, seq);
+    CREATE INDEX devices_status ON devices (status, seq);
+    CREATE TABLE shadows (
+        device_id TEXT NOT NULL
+            REFERENCES devices (device_id) ON UPDATE CASCADE ON DELETE CASCADE,
+        service_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        desired TEXT NOT NULL DEFAULT '{}',
+        reported TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (device_id, service_id)
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+class Database:
+    """An open state database; use `open_database()` to get one.
+
+    Args:
+        path: the SQLite file.
+        executor: the single worker thread every statement runs on.
+        connection: opened on that worker thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        executor: ThreadPoolExecutor,
+        connection: sqlite3.Connection,
+        moved_aside: Path | None = None,
+    ) -> None:
+        self.path = path
+        self._executor = executor
+        self._conn = connection
+        self.moved_aside = moved_aside  # where a corrupt file went when this one was created
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` on the worker thread (autocommit) and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, work, self._conn)
+
+    async def transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` as one transaction: committed if it returns, else rolled back."""
+        return await self.run(functools.partial(_in_transaction, work))
+
+    async def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        return await self.run(_user_version)
+
+
+@asynccontextmanager
+async def open_database(
+    path: Path, migrations: Sequence[str] = MIGRATIONS
+) -> AsyncIterator[Database]:
+    """Open (creating and migrating when needed) the database at `path`; close it on exit.
+
+    A file that is not a database or fails SQLite's quick check is moved aside (named in
+    `Database.moved_aside` and logged as an error) and a fresh one is created: the daemon keeps
+    running, and the registry is rebuilt from the configuration.
+
+    Raises:
+        ConfigError: the file cannot be opened, or was written by a newer gatewayd.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-db")
+    loop = asyncio.get_running_loop()
+    try:
+        conn, aside = await loop.run_in_executor(executor, _connect, path, tuple(migrations))
+    except BaseException:
+        executor.shutdown(wait=True)
+        raise
+    try:
+        yield Database(path, executor, conn, aside)
+    finally:
+        # Closing waits for any statement still queued on the worker: nothing half-written.
+        await asyncio.shield(loop.run_in_executor(executor, conn.close))
+        executor.shutdown(wait=True)
+
+
+def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connection, Path | None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _open(path)
+    aside = None
+    problem = _damage(conn)
+    if problem is not None:
+        conn.close()
+        aside = _move_aside(path)
+        log.error(
+            "state database %s is damaged (%s): moved to %s; starting with a fresh one",
+            path,
+            problem,
+            aside,
+        )
+        conn = _open(path)
+    try:
+        path.chmod(0o600)  # holds device secrets
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        _migrate(conn, path, migrations)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, aside
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"state database {path}: {exc}") from exc
+
+
+def _damage(conn: sqlite3.Connection) -> str | None:
+    """Why the file is unusable, or None when SQLite's quick check passes."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        raise  # locked, unreadable: not damage, and not ours to move
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows != [("ok",)]:
+        return "; ".join(str(r[0]) for r in rows[:3])
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            extra.rename(aside.with_name(aside.name + suffix))
+    return aside
+
+
+def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, migrations: tuple[str, ...]) -> None:
+    current = _user_version(conn)
+    if current > len(migrations):
+        msg = (
+            f"state database {path} has schema version {current}; this gatewayd knows "
+            f"up to {len(migrations)} (downgrades are not supported)"
+        )
+        raise ConfigError(msg)
+    for version in range(current, len(migrations)):
+        # The script and its version bump form one transaction: a crash leaves either.
+        try:
+            conn.executescript(
+                f"BEGIN;\n{migrations[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("state database %s migrated to schema version %d", path, version + 1)

@@ -1,0 +1,392 @@
+"""Device shadows: desired and reported properties per device and service, versioned.
+
+Desired state comes from people and the cloud; reported state from the field. Every accepted
+desired change bumps the (device, service) version; a request that names a version only
+applies when it is still current. The core learns of desired changes through
+`desired_changes()`, an async iterator of (device_id, service_id) keys.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gatewayd.products import Product, ProductCatalog, PropertyDef
+from gatewayd.store.changes import ChangeFeed
+from gatewayd.store.db import Database
+from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
+
+__all__ = [
+    "DesiredUpdate",
+    "PropertyValue",
+    "ServiceShadow",
+    "ShadowKey",
+    "ShadowStore",
+    "initial_desired",
+    "insert_shadows",
+]
+
+ShadowKey = tuple[str, str]  # (device_id, service_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyValue:
+    """One property value and when it was set."""
+
+    value: Any
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceShadow:
+    """The shadow of one service of one device."""
+
+    service_id: str
+    version: int
+    desired: Mapping[str, PropertyValue] = field(default_factory=dict)
+    reported: Mapping[str, PropertyValue] = field(default_factory=dict)
+
+    @property
+    def desired_time(self) -> datetime | None:
+        """When desired last changed (the latest property time)."""
+        return max((p.at for p in self.desired.values()), default=None)
+
+    @property
+    def reported_time(self) -> datetime | None:
+        """When the field last reported (the latest property time)."""
+        return max((p.at for p in self.reported.values()), default=None)
+
+    def delta(self) -> dict[str, Any]:
+        """Desired properties whose value differs from the reported one (or has none)."""
+        out = {}
+        for name, want in self.desired.items():
+            have = self.reported.get(name)
+            if have is None or not _same(have.value, want.value):
+                out[name] = want.value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredUpdate:
+    """A desired change of one service: `None` deletes a property, `{}` clears them all.
+
+    Args:
+        service_id: the service.
+        desired: property values.
+        version: apply only if the service's version is still this one.
+    """
+
+    service_id: str
+    desired: Mapping[str, Any]
+    version: int | None = None
+
+
+class ShadowStore:
+    """Shadows in the state database.
+
+    Args:
+        db: the state database.
+        products: product models that values are checked against.
+        clock: current time (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        products: ProductCatalog,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._db = db
+        self._products = products
+        self._clock = clock
+        self._feed: ChangeFeed[ShadowKey] = ChangeFeed()
+
+    async def get(self, device_id: str) -> list[ServiceShadow]:
+        """Every service's shadow of the device (the product's services first, in order)."""
+        return await self._db.run(lambda conn: self._get(conn, device_id))
+
+    async def delta(self, device_id: str) -> dict[str, dict[str, Any]]:
+        """Per service, the desired values the field has not reported yet."""
+        shadows = await self.get(device_id)
+        return {s.service_id: d for s in shadows if (d := s.delta())}
+
+    async def update_desired(
+        self, device_id: str, updates: Sequence[DesiredUpdate], *, field_prefix: str = "shadow"
+    ) -> list[ServiceShadow]:
+        """Apply desired changes to several services at once (all or none).
+
+        Raises:
+            DeviceNotFound: no such device.
+            InvalidField: unknown service or property, read-only property, bad value.
+            VersionConflict: a given version is not the current one.
+        """
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> list[ServiceShadow]:
+            product = self._product_of(conn, device_id)
+            seen: set[str] = set()
+            for i, update in enumerate(updates):
+                where = f"{field_prefix}.{i}"
+                if update.service_id in seen:
+                    raise InvalidField(f"{where}.service_id", "service given twice")
+                seen.add(update.service_id)
+                self._apply_desired(conn, device_id, product, update, where, now)
+            return self._get(conn, device_id)
+
+        result = await self._db.transact(work)
+        self._feed.notify((device_id, u.service_id) for u in updates)
+        return result
+
+    async def report(
+        self,
+        device_id: str,
+        service_id: str,
+        props: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> ServiceShadow:
+        """Record values the field confirmed; the first data also activates the device.
+
+        Values are checked against the device's product; a device whose product has no file
+        reports any JSON value under any service and property.
+
+        Raises:
+            DeviceNotFound: no such device.
+            InvalidField: unknown service or property, or a value that does not fit.
+        """
+        when = at or self._clock()
+
+        def work(conn: sqlite3.Connection) -> ServiceShadow:
+            product = self._product_of(conn, device_id)
+            checked = _check_reported(product, service_id, props)
+            row = _read_row(conn, device_id, service_id)
+            reported = row.reported if row else {}
+            merged = {**reported, **{k: PropertyValue(v, when) for k, v in checked.items()}}
+            _write_row(conn, device_id, service_id, row.version if row else 0, None, merged)
+            _activate(conn, device_id, when)
+            written = _read_row(conn, device_id, service_id)
+            assert written is not None  # written just above, same transaction
+            return written
+
+        return await self._db.transact(work)
+
+    def notify_initial(self, device_id: str, service_ids: Iterable[str]) -> None:
+        """Announce the initial desired state of a new device (called by the registry)."""
+        self._feed.notify((device_id, sid) for sid in service_ids)
+
+    def desired_changes(self) -> AsyncIterator[ShadowKey]:
+        """(device_id, service_id) of every desired change, for the one consumer that writes.
+
+        Changes not yet taken are coalesced per key, so a slow consumer costs no memory growth
+        beyond one entry per service and always sees the latest state when it reads the shadow.
+        """
+        return self._feed.changes()
+
+    def _get(self, conn: sqlite3.Connection, device_id: str) -> list[ServiceShadow]:
+        product = self._product_of(conn, device_id)
+        rows = {r.service_id: r for r in _read_rows(conn, device_id)}
+        ordered = [s.service_id for s in product.services] if product else []
+        ordered += sorted(set(rows) - set(ordered))
+        return [rows.get(sid) or ServiceShadow(sid, 0) for sid in ordered]
+
+    def _product_of(self, conn: sqlite3.Connection, device_id: str) -> Product | None:
+        row = conn.execute(
+            "SELECT product_id FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None:
+            raise DeviceNotFound("device_id", f"no device {device_id!r}")
+        return self._products.get(row[0])
+
+    def _apply_desired(  # noqa: PLR0913, PLR0917 - one transaction's context
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        product: Product | None,
+        update: DesiredUpdate,
+        where: str,
+        now: datetime,
+    ) -> None:
+        service = product.service(update.service_id) if product else None
+        if service is None:
+            raise InvalidField(
+                f"{where}.service_id", f"the device's product has no service {update.service_id!r}"
+            )
+        row = _read_row(conn, device_id, update.service_id)
+        version = row.version if row else 0
+        if update.version is not None and update.version != version:
+            raise VersionConflict(
+                f"{where}.version", f"version {update.version} is not current ({version})"
+            )
+        desired = dict(row.desired) if row and update.desired else {}
+        for name, value in update.desired.items():
+            prop = service.property(name)
+            if prop is None:
+                raise InvalidField(
+                    f"{where}.desired.{name}", f"service {service.service_id} has no such property"
+                )
+            if value is None:
+                desired.pop(name, None)
+                continue
+            if not prop.writable:
+                raise InvalidField(f"{where}.desired.{name}", "the property is read-only")
+            try:
+                desired[name] = PropertyValue(prop.check(value), now)
+            except ValueError as exc:
+                raise InvalidField(f"{where}.desired.{name}", str(exc)) from None
+        _write_row(conn, device_id, update.service_id, version + 1, desired, None)
+
+
+def initial_desired(
+    product: Product | None, overrides: Iterable[tuple[str, Mapping[str, Any]]], field: str
+) -> dict[str, dict[str, Any]]:
+    """A new device's desired state: product defaults, overridden where the request differs.
+
+    Raises:
+        InvalidField: an override names an unknown service or property, or a bad value.
+    """
+    desired = {s.service_id: s.defaults() for s in product.services} if product else {}
+    for i, (service_id, values) in enumerate(overrides):
+        service = product.service(service_id) if product else None
+        if service is None:
+            raise InvalidField(
+                f"{field}.{i}.service_id", f"the product has no service {service_id!r}"
+            )
+        current = desired[service_id]
+        if not values:
+            current.clear()
+        for name, value in values.items():
+            prop = service.property(name)
+            if prop is None:
+                raise InvalidField(
+                    f"{field}.{i}.desired.{name}", f"service {service_id} has no such property"
+                )
+            if value is None:
+                current.pop(name, None)
+                continue
+            if not prop.writable:
+                raise InvalidField(f"{field}.{i}.desired.{name}", "the property is read-only")
+            try:
+                current[name] = prop.check(value)
+            except ValueError as exc:
+                raise InvalidField(f"{field}.{i}.desired.{name}", str(exc)) from None
+    return desired
+
+
+def insert_shadows(
+    conn: sqlite3.Connection,
+    device_id: str,
+    desired: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+) -> None:
+    """Create the shadow rows of a new device (inside the caller's transaction)."""
+    for service_id, values in desired.items():
+        props = {k: PropertyValue(v, now) for k, v in values.items()}
+        conn.execute(
+            "INSERT OR IGNORE INTO shadows (device_id, service_id, version, desired) "
+            "VALUES (?, ?, 0, ?)",
+            (device_id, service_id, _dump(props)),
+        )
+
+
+def _check_reported(
+    product: Product | None, service_id: str, props: Mapping[str, Any]
+) -> dict[str, Any]:
+    if product is None:
+        free = PropertyDef(name="value", type="json")
+        checks = dict.fromkeys(props, free)
+    else:
+        service = product.service(service_id)
+        if service is None:
+            raise InvalidField("service_id", f"the product has no service {service_id!r}")
+        checks = {}
+        for name in props:
+            prop = service.property(name)
+            if prop is None:
+                raise InvalidField(name, f"service {service_id} has no property {name!r}")
+            checks[name] = prop
+    checked = {}
+    for name, value in props.items():
+        try:
+            checked[name] = checks[name].check(value)
+        except ValueError as exc:
+            raise InvalidField(name, str(exc)) from None
+    return checked
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
+
+
+def _dump(props: Mapping[str, PropertyValue]) -> str:
+    return json.dumps({k: [p.value, p.at.isoformat()] for k, p in props.items()})
+
+
+def _load(text: str) -> dict[str, PropertyValue]:
+    return {
+        k: PropertyValue(v, datetime.fromisoformat(at)) for k, (v, at) in json.loads(text).items()
+    }
+
+
+_COLUMNS = "service_id, version, desired, reported"
+
+
+def _from_row(row: tuple[Any, ...]) -> ServiceShadow:
+    return ServiceShadow(row[0], row[1], _load(row[2]), _load(row[3]))
+
+
+def _read_row(conn: sqlite3.Connection, device_id: str, service_id: str) -> ServiceShadow | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM shadows WHERE device_id = ? AND service_id = ?",  # noqa: S608
+        (device_id, service_id),
+    ).fetchone()
+    return _from_row(row) if row else None
+
+
+def _read_rows(conn: sqlite3.Connection, device_id: str) -> list[ServiceShadow]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM shadows WHERE device_id = ? ORDER BY service_id",  # noqa: S608
+        (device_id,),
+    )
+    return [_from_row(r) for r in rows]
+
+
+def _write_row(  # noqa: PLR0913, PLR0917 - the row's columns
+    conn: sqlite3.Connection,
+    device_id: str,
+    service_id: str,
+    version: int,
+    desired: Mapping[str, PropertyValue] | None,
+    reported: Mapping[str, PropertyValue] | None,
+) -> None:
+    """Upsert one row; a None map keeps the stored one."""
+    conn.execute(
+        "INSERT INTO shadows (device_id, service_id, version, desired, reported) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, service_id) DO UPDATE SET "
+        "version = excluded.version, "
+        "desired = CASE WHEN ?6 THEN excluded.desired ELSE shadows.desired END, "
+        "reported = CASE WHEN ?7 THEN excluded.reported ELSE shadows.reported END",
+        (
+            device_id,
+            service_id,
+            version,
+            _dump(desired or {}),
+            _dump(reported or {}),
+            desired is not None,
+            reported is not None,
+        ),
+    )
+
+
+def _activate(conn: sqlite3.Connection, device_id: str, at: datetime) -> None:
+    """First data from the field: INACTIVE becomes ONLINE."""
+    stamp = at.isoformat()
+    conn.execute(
+        "UPDATE devices SET status = 'ONLINE', active_time = ?, "
+        "connection_status_update_time = ? WHERE device_id = ? AND status = 'INACTIVE'",
+        (stamp, stamp, device_id),
+    )
