@@ -128,14 +128,15 @@ def test_secret_from_credentials_directory(tmp_path):
         read_secret(Path("missing"), env)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT))
+SHIPPED_CONFIGS = sorted(
+    p
+    for p in (ROOT / "config").rglob("*.yaml")
+    if "products" not in p.parts and p.parent.name != "conf.d"  # products: test_products.py
 )
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_config_validates(path):
-    if "products" in path.parts:
-        pytest.skip("product files are validated by the product loader tests")
-    if path.parent.name == "conf.d":
-        return  # merged into their main file
     load_settings(path)
 
 
