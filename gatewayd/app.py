@@ -13,6 +13,9 @@ from gatewayd import systemd
 from gatewayd.api.auth import TokenAuth
 from gatewayd.api.iotda import mount_iotda
 from gatewayd.api.server import ApiServer, build_app
+from gatewayd.bridge.field import FieldState
+from gatewayd.bridge.points import PointIndex
+from gatewayd.bridge.reconcile import Reconciler
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.bridge.sink import BridgeSink, LatestValues
 from gatewayd.driver import ConnectionConfig, Driver
@@ -59,18 +62,12 @@ class App:
         self.notifier = notifier or systemd.Notifier()
         self.stop_requested = asyncio.Event()
         self.sink: BridgeSink = sink or LatestValues()
-        self._build_driver = build_driver
-        self.runners = {
-            conn_id: ConnectionRunner(
-                conn_id,
-                conn,
-                build_driver(conn),
-                self.sink,
-                self.health.component(f"connection[{conn_id}]"),
-            )
+        self._drivers = {
+            conn_id: build_driver(conn)
             for conn_id, conn in settings.connections.items()
             if conn.enabled
         }
+        self.runners: dict[str, ConnectionRunner] = {}  # built once the store is open
         self.api: ApiServer | None = None
         self.store: Store | None = None  # open while run() runs
 
@@ -94,8 +91,25 @@ class App:
                 component.stopped()
         log.info("stopped")
 
+    def _build_runners(self, store: Store) -> PointIndex:
+        index = PointIndex(self.settings.connections, store.products)
+        field = FieldState(index, store.registry, store.shadows, downstream=self.sink)
+        self.runners = {
+            conn_id: ConnectionRunner(
+                conn_id,
+                self.settings.connections[conn_id],
+                driver,
+                field,
+                self.health.component(f"connection[{conn_id}]"),
+            )
+            for conn_id, driver in self._drivers.items()
+        }
+        return index
+
     async def _serve(self, store: Store) -> None:
         api = self.settings.api
+        index = self._build_runners(store)
+        reconciler = Reconciler(store.shadows, index, self.runners)
         try:
             async with asyncio.TaskGroup() as tg:
                 if api.enabled:
@@ -113,6 +127,7 @@ class App:
                 tg.create_task(self._watchdog(), name="watchdog")
                 for conn_id, runner in self.runners.items():
                     tg.create_task(runner.run(), name=f"connection[{conn_id}]")
+                tg.create_task(reconciler.run(), name="reconcile")
                 tg.create_task(self._wait_stop(), name="stop")
         except* _Shutdown:
             pass

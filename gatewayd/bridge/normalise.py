@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gatewayd.driver import PointConfig
-from gatewayd.model import PointRef, Quality, Reading, Sample
+from gatewayd.model import PointRef, Quality, Reading, Sample, Value
 
-__all__ = ["normalise"]
+__all__ = ["denormalise", "normalise"]
 
 
 def normalise(connection: str, device: str, point: PointConfig, sample: Sample) -> Reading:
@@ -24,3 +24,12 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
         at=sample.at,
         quality=quality,
     )
+
+
+def denormalise(point: PointConfig, value: Value) -> Value:
+    """Engineering value -> the raw value a driver writes (the inverse of normalise)."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if not numeric or (point.scale == 1.0 and point.offset == 0.0):
+        return value
+    raw = (value - point.offset) / point.scale  # type: ignore[operator]
+    return round(raw) if abs(raw - round(raw)) < 1e-9 else raw

@@ -1,0 +1,122 @@
+"""What the field says becomes registry status and reported shadow state.
+
+Values are checked against the device's product here, once for every driver: a value the
+product does not allow (out of range, wrong type) is passed on with BAD quality and never
+reaches the reported shadow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from gatewayd.bridge.points import PointIndex
+from gatewayd.bridge.sink import BridgeSink
+from gatewayd.devices import DeviceStatus
+from gatewayd.model import Quality, Reading
+from gatewayd.store.errors import RegistryError
+from gatewayd.store.registry import Registry
+from gatewayd.store.shadows import ShadowStore
+
+__all__ = ["FieldState"]
+
+log = logging.getLogger(__name__)
+
+
+class FieldState:
+    """A BridgeSink that keeps the registry and the reported shadows current.
+
+    Args:
+        index: configured points bound to registry devices and product properties.
+        registry: device status.
+        shadows: reported state (written only when a value changed).
+        downstream: where checked readings go next (telemetry), if anywhere.
+    """
+
+    def __init__(
+        self,
+        index: PointIndex,
+        registry: Registry,
+        shadows: ShadowStore,
+        downstream: BridgeSink | None = None,
+    ) -> None:
+        self._index = index
+        self._registry = registry
+        self._shadows = shadows
+        self._downstream = downstream
+        self._last: dict[tuple[str, str, str], Any] = {}
+        self._complained: set[tuple[str, str]] = set()
+
+    async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
+        """Check values against the product, update reported shadows, pass them on."""
+        bound = self._index.by_key(connection, device)
+        if bound is None:
+            return
+        checked: list[Reading] = []
+        changed: dict[str, dict[str, Any]] = {}
+        for raw in batch:
+            point = bound.by_point.get(raw.ref.point)
+            if point is None:
+                continue
+            reading = self._check(bound.device_id, bound.product, point.service_id,
+                                  point.property, raw)  # fmt: skip
+            checked.append(reading)
+            if reading.quality is not Quality.GOOD:
+                continue
+            key = (bound.device_id, point.service_id, point.property)
+            if key not in self._last or self._last[key] != reading.value:
+                self._last[key] = reading.value
+                changed.setdefault(point.service_id, {})[point.property] = _json(reading.value)
+        for service_id, props in changed.items():
+            try:
+                await self._shadows.report(bound.device_id, service_id, props)
+            except RegistryError as exc:
+                self._complain(bound.device_id, service_id, str(exc))
+        if self._downstream is not None and checked:
+            await self._downstream.readings(connection, device, checked)
+
+    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+        """ONLINE when the device answers again, ABNORMAL while it does not."""
+        bound = self._index.by_key(connection, device)
+        if bound is not None:
+            status = DeviceStatus.ONLINE if up else DeviceStatus.ABNORMAL
+            try:
+                await self._registry.set_status(bound.device_id, status)
+            except RegistryError as exc:
+                self._complain(bound.device_id, "status", str(exc))
+        if self._downstream is not None:
+            await self._downstream.availability(connection, device, up, reason)
+
+    def _check(
+        self,
+        device_id: str,
+        product: Any,
+        service_id: str,
+        prop: str,
+        reading: Reading,
+    ) -> Reading:
+        if product is None or reading.value is None:
+            return reading
+        service = product.service(service_id)
+        definition = service.property(prop) if service is not None else None
+        if definition is None:
+            self._complain(device_id, prop, f"product {product.product_id} has no property {prop}")
+            return replace(reading, quality=Quality.BAD)
+        try:
+            value = definition.check(_json(reading.value))
+        except ValueError as exc:
+            self._complain(device_id, prop, f"{prop}: {exc}")
+            return replace(reading, quality=Quality.BAD)
+        return reading if value == reading.value else replace(reading, value=value)
+
+    def _complain(self, device_id: str, what: str, message: str) -> None:
+        if (device_id, what) not in self._complained:
+            self._complained.add((device_id, what))
+            log.warning("%s: %s", device_id, message)
+
+
+def _json(value: Any) -> Any:
+    """Bytes have no JSON form; send them as hex."""
+    return value.hex() if isinstance(value, bytes) else value

@@ -1,0 +1,157 @@
+"""Field -> registry status and reported shadow; desired (local API) -> write -> read-back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from gatewayd.devices import DeviceStatus
+from gatewayd.model import Quality
+from tests.store_fixtures import ADMIN, running_app, store_settings
+
+DEVICE_ID = "thermostat_room1"
+
+
+def _settings(tmp_path, **setpoint):
+    points = {
+        "temperature": {"initial": 21.5, "unit": "°C"},
+        "setpoint": {"initial": 20.0, "writable": True, **setpoint},
+        "mode": {"initial": "auto", "writable": False},
+    }
+    return store_settings(
+        tmp_path,
+        connections={
+            "virtual": {
+                "driver": "memory",
+                "devices": {
+                    "room1": {"product_id": "thermostat", "interval_s": 0.05, "points": points}
+                },
+            }
+        },
+    )
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], want: Any, timeout_s: float = 10) -> None:
+    """Await `probe()` until it returns `want`, bounded by a timeout."""
+    got = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while (got := await probe()) != want:
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"still {got!r}, wanted {want!r}") from None
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.url = f"{base}/v5/iot/proj1/devices/{DEVICE_ID}/shadow"
+
+    async def shadow(self) -> dict[str, Any]:
+        async with self.session.get(self.url) as resp:
+            assert resp.status == 200, await resp.text()
+            return (await resp.json())["shadow"][0]
+
+    async def reported(self, prop: str) -> Any:
+        return (await self.shadow())["reported"]["properties"].get(prop)
+
+    async def put_desired(self, desired: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = {"shadow": [{"service_id": "Climate", "desired": desired}]}
+        async with self.session.put(self.url, json=body) as resp:
+            return resp.status, await resp.json()
+
+
+async def _with_api(settings, test):
+    async with (
+        running_app(settings) as (base, app),
+        aiohttp.ClientSession(headers={"X-Auth-Token": ADMIN}) as session,
+    ):
+        await test(Api(session, base), app)
+
+
+async def test_readings_make_the_device_online_and_fill_reported(tmp_path):
+    async def test(api, app):
+        async def status():
+            return (await app.store.registry.get(DEVICE_ID)).status
+
+        await eventually(status, DeviceStatus.ONLINE)
+        await eventually(lambda: api.reported("temperature"), 21.5)
+
+    await _with_api(_settings(tmp_path), test)
+
+
+async def test_desired_change_is_written_then_reported_after_read_back(tmp_path):
+    async def test(api, app):
+        status, body = await api.put_desired({"setpoint": 23.5})
+        assert status == 200, body
+        await eventually(lambda: api.reported("setpoint"), 23.5)
+        # reported follows the device: the field really holds the value
+        assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 23.5
+
+    await _with_api(_settings(tmp_path), test)
+
+
+async def test_scaled_point_is_written_in_raw_units(tmp_path):
+    # engineering value = raw * 0.5, so a setpoint of 23.5 is raw 47 in the device
+    async def test(api, app):
+        status, body = await api.put_desired({"setpoint": 23.5})
+        assert status == 200, body
+        await eventually(lambda: api.reported("setpoint"), 23.5)
+        assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 23.5
+
+    await _with_api(_settings(tmp_path, scale=0.5, initial=40), test)
+
+
+async def test_property_without_writable_point_is_not_written(tmp_path):
+    # "mode" is RW in the product but the point is not writable: nothing is written
+    async def test(api, app):
+        status, body = await api.put_desired({"mode": "eco"})
+        assert status == 200, body
+        await api.put_desired({"setpoint": 22.0})  # a later change still flows
+        await eventually(lambda: api.reported("setpoint"), 22.0)
+        assert await api.reported("mode") == "auto"
+
+    await _with_api(_settings(tmp_path), test)
+
+
+async def test_read_only_property_is_refused_by_the_api(tmp_path):
+    async def test(api, _app):
+        status, body = await api.put_desired({"temperature": 30})
+        assert status == 400
+        assert "temperature" in body["error_msg"]
+
+    await _with_api(_settings(tmp_path), test)
+
+
+async def test_value_outside_the_product_range_never_reaches_reported(tmp_path):
+    settings = store_settings(
+        tmp_path,
+        connections={
+            "virtual": {
+                "driver": "memory",
+                "devices": {
+                    "room1": {
+                        "product_id": "thermostat",
+                        "interval_s": 0.05,
+                        "points": {"temperature": {"initial": 84.0, "step": 1.0}},
+                    }
+                },
+            }
+        },
+    )
+
+    async def test(api, app):
+        # 84 and 85 are in range; 86 and beyond are not and arrive downstream as BAD
+        def bad_reading_seen() -> bool:
+            latest = app.sink.values.get("virtual/room1/temperature")
+            return latest is not None and latest.value > 85 and latest.quality is Quality.BAD
+
+        async with asyncio.timeout(10):
+            while not bad_reading_seen():
+                await asyncio.sleep(0.02)
+        assert await api.reported("temperature") == 85.0
+
+    await _with_api(settings, test)
