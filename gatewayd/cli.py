@@ -13,6 +13,7 @@ from gatewayd import __version__
 from gatewayd.config_load import InvalidConfig, load_settings
 from gatewayd.errors import ConfigError
 from gatewayd.logs import setup_logging
+from gatewayd.products import ProductError, load_products
 from gatewayd.settings import Settings
 
 __all__ = ["EX_CONFIG", "main"]
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo()
     try:
         settings = load_settings(args.config)
-    except InvalidConfig as exc:
-        _print_problems(args.config, exc)
+        load_products(settings.products)
+    except (InvalidConfig, ProductError) as exc:
+        _print_problems(args.config, [str(p) for p in exc.problems])
         return EX_CONFIG
     if args.command == "check-config":
         print(f"{args.config}: configuration OK")  # noqa: T201
@@ -63,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_problems(path: Path, exc: InvalidConfig) -> None:
+def _print_problems(path: Path, problems: list[str]) -> None:
     print(f"gatewayd: {path}: invalid configuration:", file=sys.stderr)  # noqa: T201
-    for problem in exc.problems:
+    for problem in problems:
         print(f"  {problem}", file=sys.stderr)  # noqa: T201
 
 

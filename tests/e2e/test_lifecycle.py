@@ -149,3 +149,15 @@ def test_version_and_schema():
     assert result.stdout.startswith("gatewayd ")
     schema = json.loads(run_gatewayd("print-schema").stdout)
     assert set(schema["properties"]) >= {"gateway", "cloud", "outbox", "api", "connections"}
+
+
+def test_check_config_also_validates_product_files(tmp_path):
+    products = tmp_path / "products"
+    products.mkdir()
+    (products / "bad.yaml").write_text(
+        "product_id: p\nservices: [{service_id: S, properties: [{name: x, type: float}]}]\n"
+    )
+    path = write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}, "products": "products"})
+    result = run_gatewayd("check-config", "-c", str(path))
+    assert result.returncode == 78, result.stderr
+    assert f"{products / 'bad.yaml'}: services.0.properties.0.type" in result.stderr
