@@ -1,3 +1,4 @@
+#!/usr/bin/python3
 """Start a command the way systemd would, and check that it reaches READY=1.
 
 Used by packaging/check.sh on the installed package: the daemon runs as the service user with
