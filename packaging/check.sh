@@ -139,7 +139,11 @@ python3 -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$exp
 	fail "exposure $exposure is above $MAX_EXPOSURE"
 echo "systemd-analyze security: exposure $exposure (limit $MAX_EXPOSURE)"
 if [ -d /run/systemd/system ]; then
+	# Under a real systemd the package has started the service in its sandbox.
 	[ -L /etc/systemd/system/multi-user.target.wants/gatewayd.service ] || fail "unit not enabled"
+	systemctl is-active --quiet gatewayd.service ||
+		fail "gatewayd.service is not active: $(journalctl -u gatewayd.service -n 30 --no-pager)"
+	echo "gatewayd.service: enabled and active"
 fi
 
 step "the installed daemon reaches READY=1 as the gatewayd user"
@@ -163,6 +167,9 @@ apt-get install -y -qq --reinstall "$deb" >/dev/null
 grep -q "^# local edit by the packaging check$" "$CONFIG" || fail "local conffile edit lost"
 [ "$(sha256sum "$identity")" = "$identity_sum" ] || fail "identity rewritten on upgrade"
 runuser -u gatewayd -- /usr/bin/gatewayd check-config -c "$CONFIG" >/dev/null || fail "check-config after upgrade"
+if [ -d /run/systemd/system ]; then
+	systemctl is-active --quiet gatewayd.service || fail "gatewayd.service is not active after upgrade"
+fi
 echo "kept: $STATE/check-survives-upgrade, the conffile edit, $identity"
 
 step "purge leaves nothing"
