@@ -89,6 +89,11 @@ apt-get install -y -qq "$deb" >/dev/null
 "$VENV/bin/python" -c 'import systemd.daemon, pydantic_core, aiohttp, pymodbus, bleak, serial' ||
 	fail "a dependency does not import from the virtualenv"
 
+for doc in /usr/share/doc/gatewayd/operations.md /usr/share/doc/gatewayd/configuration.md \
+	/usr/share/doc/gatewayd/examples/gatewayd.example.yaml /usr/share/man/man1/gatewayd.1.gz; do
+	[ -f "$doc" ] || fail "no $doc"
+done
+
 getent passwd gatewayd | grep -q ":$STATE:/usr/sbin/nologin$" || fail "account: $(getent passwd gatewayd)"
 id -nG gatewayd | tr ' ' '\n' | grep -qx dialout || fail "gatewayd is not in dialout: $(id -nG gatewayd)"
 [ "$(stat -c '%U:%G %a' "$STATE")" = "gatewayd:gatewayd 750" ] || fail "$STATE: $(stat -c '%U:%G %a' "$STATE")"
