@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds gatewayd_<version>_<arch>.deb (`make deb`). The Debian packaging lives in
 # packaging/debian; dpkg-buildpackage wants it at the top of the source tree, so the build runs
-# in a temporary copy of the checkout. The .deb lands in packaging/build/ (or $1) and its path
-# is printed on the last line.
+# in a temporary copy of the checkout. The .deb lands in packaging/build/ (or $1); its path is
+# the only line on stdout (the build log goes to stderr).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +36,6 @@ cp -a "$root/packaging/debian" "$src/debian"
 
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 deb=gatewayd_${version}_${arch}.deb
-(cd "$src" && dpkg-buildpackage -b -us -uc -tc)
+(cd "$src" && dpkg-buildpackage -b -us -uc -tc) >&2 # stdout carries only the path
 mv "$work/$deb" "$out/$deb"
 echo "$out/$deb"

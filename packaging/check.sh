@@ -67,7 +67,7 @@ started=$SECONDS
 if [ -n "${GATEWAYD_DEB:-}" ]; then
 	deb=$(readlink -f "$GATEWAYD_DEB") # a .deb built before: check it without rebuilding
 else
-	deb=$(packaging/build-deb.sh "$root/packaging/build" | tail -n 1)
+	deb=$(packaging/build-deb.sh "$root/packaging/build")
 fi
 build_s=$((SECONDS - started))
 [ -f "$deb" ] || fail "the build printed no .deb ($deb)"
