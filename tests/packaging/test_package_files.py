@@ -204,3 +204,54 @@ def test_notify_checker_fails_a_daemon_that_never_gets_ready(tmp_path):
     )
     assert result.returncode == 1
     assert "exited with 1 before READY=1" in result.stderr
+
+
+def _built_deb() -> Path:
+    debs = sorted((PACKAGING / "build").glob("gatewayd_*.deb"))
+    if not debs or shutil.which("dpkg-deb") is None:
+        pytest.skip("no .deb in packaging/build (make deb, or packaging/check.sh in CI)")
+    return debs[-1]
+
+
+ALLOWED = (
+    "./etc/gatewayd/",
+    "./lib/systemd/system/gatewayd.service",
+    "./opt/venvs/gatewayd/",
+    "./usr/bin/gatewayd",
+    "./usr/share/doc/gatewayd/",
+    "./usr/share/lintian/overrides/gatewayd",
+    "./usr/share/man/man1/gatewayd.1.gz",
+)
+
+
+def test_built_deb_holds_only_its_own_places_and_states_its_dependencies(tmp_path):
+    deb = _built_deb()
+    listing = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True, timeout=120
+    ).stdout
+    tar = tmp_path / "data.tar"
+    tar.write_bytes(listing)
+    names = subprocess.run(
+        ["tar", "-tf", str(tar)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    files = [n for n in names if not n.endswith("/")]
+    assert [f for f in files if not f.startswith(ALLOWED)] == []
+    assert not any("/site-packages/setuptools/" in f for f in files)
+    depends = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True, check=True
+    ).stdout
+    for needed in ("python3 (<< 3.12)", "libsystemd0", "adduser", "libc6"):
+        assert needed in depends
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True, timeout=60)
+    assert (control / "conffiles").read_text().split()[0] == "/etc/gatewayd/gatewayd.yaml"
+
+
+def test_built_deb_bytecode_never_goes_stale(tmp_path):
+    deb = _built_deb()
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True, timeout=120)
+    pycs = list((tmp_path / "opt").rglob("*.pyc"))
+    assert len(pycs) > 1000
+    # PEP 552 flags word: bit 0 = hash-based, bit 1 = check the source. Unchecked hash: 0b01.
+    flags = {int.from_bytes(p.read_bytes()[4:8], "little") for p in pycs}
+    assert flags == {1}
