@@ -4,12 +4,15 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto mosquitto-clients socat openssl nftables iproute2 gcc pkg-config \
 	libsystemd-dev python3-dev python3-venv
+DEB_BUILD_PACKAGES := dh-virtualenv debhelper dpkg-dev lintian python3-venv python3-dev gcc \
+	pkg-config libsystemd-dev
 PYTEST_ARGS ?=
 
-.PHONY: deps venv lint test demo bench docs clean
+.PHONY: deps venv lint test demo bench docs clean deb-deps deb package-check constraints
 
-deps:  ## Debian packages the tests and the demo need (skipped when all are installed)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+# $(call apt_install,PACKAGES): install those of PACKAGES that are missing.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
@@ -17,6 +20,10 @@ deps:  ## Debian packages the tests and the demo need (skipped when all are inst
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:  ## Debian packages the tests and the demo need (skipped when all are installed)
+	$(call apt_install,$(APT_PACKAGES))
 
 venv: $(VENV)/.installed
 
@@ -43,5 +50,23 @@ bench: deps venv  ## benchmarks; results go to docs/benchmarks.md
 docs: venv  ## regenerate docs/configuration.md and config/gatewayd.example.yaml
 	$(PY) -m gatewayd.config_docs
 
+deb-deps:  ## Debian packages building the .deb needs (skipped when all are installed)
+	$(call apt_install,$(DEB_BUILD_PACKAGES))
+
+deb: deb-deps  ## build packaging/build/gatewayd_<version>_<arch>.deb (Debian 12)
+	packaging/build-deb.sh
+
+package-check:  ## build, lintian, install, run, upgrade and purge the .deb (root; CI runs it)
+	packaging/check.sh
+
+constraints:  ## re-pin packaging/constraints.txt to pyproject.toml's dependencies, resolved now
+	rm -rf packaging/build/pin-venv
+	/usr/bin/python3 -m venv packaging/build/pin-venv
+	packaging/build/pin-venv/bin/pip install -q .
+	{ sed -n '/^#/p' packaging/constraints.txt; packaging/build/pin-venv/bin/pip freeze \
+		--exclude gatewayd --exclude pip --exclude setuptools; } > packaging/constraints.txt.new
+	mv packaging/constraints.txt.new packaging/constraints.txt
+	rm -rf packaging/build/pin-venv
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache packaging/build
