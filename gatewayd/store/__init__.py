@@ -1,0 +1,1 @@
+"""Durable state: SQLite files owned by one worker thread each."""
