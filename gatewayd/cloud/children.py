@@ -98,6 +98,7 @@ class StatusBoard:
 
     def snapshot(self) -> Mapping[str, ChildStatus]:
         """Every known status (sent in full on each connect)."""
+        self.changed.clear()
         self._unsent.clear()
         return dict(self._status)
 

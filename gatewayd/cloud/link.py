@@ -237,7 +237,9 @@ class Uplink:
                 next_retry = loop.time() + self._timing.children_retry_s
                 await self._register_children(seam)
                 continue
-            await self._send_changes(seam, self._board.take_changes())
+            changes = self._board.take_changes()
+            if changes:
+                await self._send_changes(seam, changes)
 
     async def _send_changes(self, seam: PublishSeam, changes: Mapping[str, ChildStatus]) -> None:
         try:

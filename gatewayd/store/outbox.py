@@ -333,6 +333,7 @@ async def open_outbox(
     *,
     disk_free: Callable[[], int] | None = None,
     schema: Callable[[sqlite3.Connection], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Outbox]:
     """Open the file, run the commit loop while the block runs, then flush and close.
 
@@ -341,6 +342,7 @@ async def open_outbox(
         config: bounds and durability.
         disk_free: free bytes on the file system; defaults to `shutil.disk_usage`.
         schema: more tables kept in the same file (downlink state), created at open.
+        clock: wall clock for record ages (injectable for tests).
     """
     worker = SqliteWorker(
         path, synchronous="FULL" if config.durability == "full" else "NORMAL", name="outbox"
@@ -359,6 +361,7 @@ async def open_outbox(
         holder[0],
         config,
         disk_free=disk_free or (lambda: shutil.disk_usage(path.parent).free),
+        clock=clock,
     )
     outbox.check_disk()
     log.info(
