@@ -64,12 +64,8 @@ async def test_connect_subscribes_resyncs_and_registers_children(tmp_path, broke
         assert cloud.of("children/status")[0].body == {
             "devices": [{"device_id": "memory_a", "status": "ONLINE"}]
         }
-
-        async def children():
-            return await gw.state.children()
-
         await until_async(
-            lambda: children(), lambda c: c.get("memory_bad", {}).get("state") == "refused"
+            gw.state.children, lambda c: c.get("memory_bad", {}).get("state") == "refused"
         )
         found = await gw.state.children()
         assert found["memory_a"]["state"] == "registered"
