@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -10,7 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from tests.helpers import free_port
+
+def broker_port() -> int:
+    """A free port below the ephemeral range.
+
+    A client reconnecting to a stopped broker on an ephemeral port can be handed that very
+    port as its source and connect to itself (TCP simultaneous open), which then keeps the
+    broker from listening again. Ports below the range are never handed out as sources.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ class Broker:
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = broker_port()
         self._proc: subprocess.Popen[bytes] | None = None
         lines = [
             f"listener {self.port} 127.0.0.1",
@@ -74,6 +92,7 @@ class Broker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            "log_type notice",
             "user root",
         ]
         if persistence:

@@ -61,7 +61,6 @@ class RefCloud:
         self.connected = asyncio.Event()
         self.connects = 0
         self._client: aiomqtt.Client | None = None
-        self.changed = asyncio.Event()
 
     # -- what arrived -------------------------------------------------------------------
     def of(self, kind: str, device: str | None = None) -> list[Uplink]:
@@ -73,14 +72,10 @@ class RefCloud:
         return self.of("telemetry")
 
     async def wait(self, predicate, timeout_s: float = 10.0, what: str = "") -> None:
+        """Check `predicate` 20 times a second (not per message: it may scan every uplink)."""
         async with asyncio.timeout(timeout_s):
             while not predicate():
-                self.changed.clear()
-                try:
-                    async with asyncio.timeout(0.2):
-                        await self.changed.wait()
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(0.05)
         del what
 
     # -- pushing ------------------------------------------------------------------------
@@ -144,7 +139,6 @@ class RefCloud:
             body = raw
         user = dict(getattr(message.properties, "UserProperty", None) or [])
         self.uplinks.append(Uplink(topic, device, kind, body, time.monotonic(), user))
-        self.changed.set()
         if kind == "children/add" and self.answer_children:
             await self._answer_add(device, body)
         elif kind == "children/delete":
