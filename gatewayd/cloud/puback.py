@@ -46,6 +46,7 @@ class PublishSeam:
     """
 
     def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
         self._paho: paho.Client = client._client  # noqa: SLF001 - this module is the seam
         self._futures: dict[int, asyncio.Future[int]] = {}
         self.connack = ConnAck()
@@ -103,6 +104,9 @@ class PublishSeam:
 
     def fail_all(self, reason: str) -> None:
         """The connection is gone: every message still waiting for its PUBACK failed."""
+        disconnected = self._client._disconnected  # noqa: SLF001 - this module is the seam
+        if disconnected.done() and not disconnected.cancelled():
+            disconnected.exception()  # seen: a lost link is weather, not an unhandled error
         futures, self._futures = self._futures, {}
         for future in futures.values():
             if not future.done():

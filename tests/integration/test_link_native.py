@@ -287,3 +287,13 @@ async def test_offline_boot_then_broker_appears(tmp_path):
                 await cloud.wait(lambda: len(cloud.telemetry()) >= 50)
                 seqs = [u.body["telemetries"]["seq"] for u in cloud.telemetry()]
                 assert seqs == list(range(50))
+
+
+async def test_mqtt_311_carries_no_user_properties(tmp_path, broker):
+    settings = settings_for(tmp_path, broker.port, ["a"], cloud={"mqtt_version": "3.1.1"})
+    async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+        await gw.sink.readings("sim", "a", [reading("a", 1)])
+        await cloud.wait(lambda: len(cloud.telemetry()) == 1)
+        assert "MQTT 3.1.1" in gw.health.component("uplink").detail
+        assert cloud.telemetry()[0].user == {}
+        assert cloud.telemetry()[0].body["record_id"] == f"{gw.outbox.boot}-1"
