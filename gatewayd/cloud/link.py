@@ -123,7 +123,7 @@ class Uplink:
         )
         self._properties: dict[str, Properties] = {}
         self.pump = Pump(outbox, self._encode, TokenBucket(config.rate_limit_msg_s))
-        self.connects = 0
+        self.connects = 0  # sessions that got as far as subscribing
 
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""
@@ -198,12 +198,12 @@ class Uplink:
         return context
 
     async def _connected(self, client: aiomqtt.Client, seam: PublishSeam) -> None:
-        self.connects += 1
-        version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
-        self._component.up(f"{self._host}:{self._config.effective_port} ({version})")
         devices = [c.device_id for c in self._children.children()]
         topics = native.subscriptions(self._gateway_id, devices)
         await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
+        self.connects += 1
+        version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
+        self._component.up(f"{self._host}:{self._config.effective_port} ({version})")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._listen(client), name="uplink.listen")
             await self._resync(seam)

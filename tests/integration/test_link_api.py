@@ -28,6 +28,9 @@ async def test_routes_show_stats_dead_letters_children_and_downlink_state(tmp_pa
     with Broker(tmp_path / "broker", acl=acl) as broker:
         settings = settings_for(tmp_path, broker.port, ["a"])
         async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+            async with asyncio.timeout(10):
+                while gw.uplink.connects < 1:
+                    await asyncio.sleep(0.01)
             app = web.Application()
             app.router.add_routes(cloud_routes(gw.outbox, gw.state))
             async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
