@@ -1,4 +1,4 @@
-"""`python -m benchmarks NAME [ARGS]` runs benchmarks/NAME.py's main(ARGS); no NAME lists them."""
+"""`python -m benchmarks NAME [ARGS]` runs benchmarks/NAME.py's main(ARGS); no NAME runs them all."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ def main() -> int:
     names = sorted(
         m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name[0] != "_"
     )
-    if len(sys.argv) < 2 or sys.argv[1] not in names:
-        print("usage: python -m benchmarks NAME [ARGS]; NAME is one of:", ", ".join(names))
+    if len(sys.argv) < 2:
+        return max(int(importlib.import_module(f"benchmarks.{n}").main([]) or 0) for n in names)
+    if sys.argv[1] not in names:
+        print("usage: python -m benchmarks [NAME [ARGS]]; NAME is one of:", ", ".join(names))
         return 2
     module = importlib.import_module(f"benchmarks.{sys.argv[1]}")
     return int(module.main(sys.argv[2:]) or 0)
