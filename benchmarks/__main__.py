@@ -1,4 +1,4 @@
-"""`python -m benchmarks NAME [ARGS]` runs benchmarks/NAME.py's main(ARGS); no NAME runs them all."""
+"""`python -m benchmarks NAME [ARGS]` runs benchmarks/NAME.py; without a NAME, all of them."""
 
 from __future__ import annotations
 
