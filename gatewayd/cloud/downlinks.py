@@ -65,7 +65,6 @@ class Downlinks:
         self._outbox = outbox
         self._children = children
         self._executor = executor
-        self.answered: set[str] = set()  # request ids the cloud answered this session
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Validate and apply one downlink; a malformed one is logged and dropped."""
@@ -87,7 +86,6 @@ class Downlinks:
         elif isinstance(body, native.ChildrenAddResponse):
             await self._added(body)
         elif isinstance(body, native.ChildrenDeleteResponse):
-            self.answered.add(body.request_id)
             for device_id in body.successful_devices:
                 await self._state.set_child(device_id, "deleted")
         elif isinstance(body, native.ChildrenNotify):
@@ -130,7 +128,6 @@ class Downlinks:
         await self._answer(device, "license/update", native.license_update(body.id, state, error))
 
     async def _added(self, body: native.ChildrenAddResponse) -> None:
-        self.answered.add(body.request_id)
         for added in body.successful_devices:
             await self._state.set_child(added.device_id, "registered", access_key=added.access_key)
         for failed in body.failed_devices:
