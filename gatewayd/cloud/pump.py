@@ -65,10 +65,12 @@ class Pump:
         self._in_flight: dict[int, Record] = {}
         self.sent = 0
         self.acked = 0
+        self.window = 0  # in-flight bound of the current session
 
     async def run(self, seam: PublishSeam) -> None:
         """Send until cancelled (the session ends); never returns."""
         window = max(1, min(self._max_window, seam.connack.receive_maximum))
+        self.window = window
         slots = asyncio.Semaphore(1 if self._probe else window)
         spare = window - 1 if self._probe else 0
         if self._probe:

@@ -297,3 +297,31 @@ async def test_mqtt_311_carries_no_user_properties(tmp_path, broker):
         assert "MQTT 3.1.1" in gw.health.component("uplink").detail
         assert cloud.telemetry()[0].user == {}
         assert cloud.telemetry()[0].body["record_id"] == f"{gw.outbox.boot}-1"
+
+
+async def test_window_follows_receive_maximum_and_rate_follows_the_bucket(tmp_path):
+    broker = Broker(tmp_path / "broker", max_inflight=7)
+    with broker:
+        settings = settings_for(tmp_path, broker.port, ["a"], cloud={"rate_limit_msg_s": 20})
+        async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+            await until(lambda: gw.uplink.connects == 1)
+            for i in range(60):
+                await gw.sink.readings("sim", "a", [reading("a", i)])
+            await cloud.wait(lambda: len(cloud.telemetry()) == 60, timeout_s=10)
+            assert gw.uplink.pump.window == 7
+            arrivals = [u.at for u in cloud.telemetry()]
+            # 20 in the first burst, then 20/s: the last 40 take about 2 s
+            assert arrivals[-1] - arrivals[0] >= 1.8
+
+
+async def test_children_no_longer_configured_are_deleted(tmp_path, broker):
+    async with RefCloud(broker.port).running() as cloud:
+        async with running_gateway(settings_for(tmp_path, broker.port, ["a", "b"])) as gw:
+            await until_async(
+                gw.state.children,
+                lambda c: len(c) == 2 and all(v["state"] == "registered" for v in c.values()),
+            )
+        async with running_gateway(settings_for(tmp_path, broker.port, ["a"])) as gw:
+            await until_async(gw.state.children, lambda c: c["memory_b"]["state"] == "deleted")
+            assert cloud.of("children/delete")[0].body["devices"] == ["memory_b"]
+            assert (await gw.state.children())["memory_a"]["state"] == "registered"
