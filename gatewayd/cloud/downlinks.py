@@ -17,7 +17,9 @@ from gatewayd.cloud.dialects import native
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, OutboxFull
 
-__all__ = ["BuiltinCommands", "CommandExecutor", "Downlinks"]
+__all__ = ["ADDED_BY_CLOUD", "BuiltinCommands", "CommandExecutor", "Downlinks"]
+
+ADDED_BY_CLOUD = "by the cloud"  # reason of children the cloud added or deleted itself
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class Downlinks:
     async def _notify(self, body: native.ChildrenNotify) -> None:
         for device in body.devices:
             state = "registered" if body.event == "add" else "deleted"
-            await self._state.set_child(device.device_id, state, "by the cloud")
+            await self._state.set_child(device.device_id, state, ADDED_BY_CLOUD)
         await self._state.set_meta("children_notify_version", str(body.version))
 
     def _find(self, node_id: str | None, product_id: str | None) -> str | None:

@@ -25,7 +25,12 @@ from paho.mqtt.properties import Properties
 from gatewayd.backoff import Backoff
 from gatewayd.cloud.children import Child, ChildrenSource, ChildStatus, StatusBoard
 from gatewayd.cloud.dialects import native
-from gatewayd.cloud.downlinks import BuiltinCommands, CommandExecutor, Downlinks
+from gatewayd.cloud.downlinks import (
+    ADDED_BY_CLOUD,
+    BuiltinCommands,
+    CommandExecutor,
+    Downlinks,
+)
 from gatewayd.cloud.puback import PublishSeam
 from gatewayd.cloud.pump import Pump
 from gatewayd.cloud.ratelimit import TokenBucket
@@ -270,7 +275,7 @@ class Uplink:
             for d, row in known.items()
             if row["state"] == "registered"
             and d not in configured
-            and row["reason"] != "by the cloud"
+            and row["reason"] != ADDED_BY_CLOUD
         ]
         if gone:
             await self._send(
