@@ -10,6 +10,7 @@ from typing import Any
 
 from gatewayd.api.auth import hash_token
 from gatewayd.app import App
+from gatewayd.bridge.sink import BridgeSink
 from gatewayd.settings import Settings
 from gatewayd.systemd import Notifier
 from tests.helpers import ROOT
@@ -39,9 +40,11 @@ def store_settings(tmp_path: Path, **extra: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[str, App]]:
+async def running_app(
+    settings: Settings, sink: BridgeSink | None = None
+) -> AsyncIterator[tuple[str, App]]:
     """The real App in this loop; yields its base URL and the app (store open, API bound)."""
-    app = App(settings, notifier=Notifier({}))
+    app = App(settings, notifier=Notifier({}), sink=sink)
     task = asyncio.create_task(app.run(), name="app")
     try:
         async with asyncio.timeout(10):

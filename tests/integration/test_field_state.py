@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from gatewayd.bridge.sink import LatestValues
 from gatewayd.devices import DeviceStatus
 from gatewayd.model import Quality
 from tests.store_fixtures import ADMIN, running_app, store_settings
@@ -49,6 +50,7 @@ class Api:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session = session
         self.url = f"{base}/v5/iot/proj1/devices/{DEVICE_ID}/shadow"
+        self.latest = LatestValues()
 
     async def shadow(self) -> dict[str, Any]:
         async with self.session.get(self.url) as resp:
@@ -65,11 +67,14 @@ class Api:
 
 
 async def _with_api(settings, test):
+    latest = LatestValues()  # what the field sink passes downstream, instead of the outbox
     async with (
-        running_app(settings) as (base, app),
+        running_app(settings, latest) as (base, app),
         aiohttp.ClientSession(headers={"X-Auth-Token": ADMIN}) as session,
     ):
-        await test(Api(session, base), app)
+        api = Api(session, base)
+        api.latest = latest
+        await test(api, app)
 
 
 async def test_readings_make_the_device_online_and_fill_reported(tmp_path):
@@ -146,7 +151,7 @@ async def test_value_outside_the_product_range_never_reaches_reported(tmp_path):
     async def test(api, app):
         # 84 and 85 are in range; 86 and beyond are not and arrive downstream as BAD
         def bad_reading_seen() -> bool:
-            latest = app.sink.values.get("virtual/room1/temperature")
+            latest = api.latest.values.get("virtual/room1/temperature")
             return latest is not None and latest.value > 85 and latest.quality is Quality.BAD
 
         async with asyncio.timeout(10):

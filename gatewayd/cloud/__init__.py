@@ -1,0 +1,1 @@
+"""The cloud link: MQTT session, dialects, downlinks."""

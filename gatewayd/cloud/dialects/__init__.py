@@ -1,0 +1,1 @@
+"""Topic and payload conventions spoken to the cloud."""

@@ -1,0 +1,306 @@
+"""The `native` dialect: seed 003's `v1/device/{id}/...` topics, extended for children.
+
+Pure: topics, payload encoding and downlink validation, no I/O. Records in the outbox carry a
+dialect-neutral `kind` that is also the topic suffix here (`telemetry`, `commands/update`, ...).
+Telemetry carries its record id as the payload field `record_id` (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gatewayd.cloud.children import Child, ChildStatus
+
+__all__ = [
+    "DEVICE_DOWNLINKS",
+    "GATEWAY_DOWNLINKS",
+    "ChildrenAddResponse",
+    "ChildrenDeleteResponse",
+    "ChildrenNotify",
+    "CommandDown",
+    "ConfigDown",
+    "Downlink",
+    "DownlinkInvalid",
+    "FirmwareDown",
+    "LicenseDown",
+    "SpaceInfoDown",
+    "children_add",
+    "children_delete",
+    "children_status",
+    "command_update",
+    "decode",
+    "encode_json",
+    "iso_timestamp",
+    "license_update",
+    "parse_topic",
+    "subscriptions",
+    "telemetry",
+    "topic",
+    "with_record_id",
+]
+
+PREFIX = "v1/device/"
+DEVICE_DOWNLINKS = ("config", "commands", "license", "space_info", "firmware")
+GATEWAY_DOWNLINKS = ("children/add/response", "children/delete/response", "children/notify")
+MAX_CHILDREN_PER_ADD = 50
+
+
+class DownlinkInvalid(ValueError):
+    """A downlink that does not match the dialect; it is logged and dropped."""
+
+
+def topic(device_id: str, kind: str) -> str:
+    """`v1/device/{id}/{kind}`."""
+    return f"{PREFIX}{device_id}/{kind}"
+
+
+def subscriptions(gateway_id: str, device_ids: Iterable[str]) -> list[str]:
+    """Every downlink topic of the gateway and its children."""
+    topics = [topic(gateway_id, kind) for kind in (*DEVICE_DOWNLINKS, *GATEWAY_DOWNLINKS)]
+    for device_id in device_ids:
+        if device_id != gateway_id:
+            topics.extend(topic(device_id, kind) for kind in DEVICE_DOWNLINKS)
+    return topics
+
+
+def parse_topic(name: str) -> tuple[str, str]:
+    """(device_id, kind) of a downlink topic.
+
+    Raises:
+        DownlinkInvalid: not a topic of this dialect.
+    """
+    if not name.startswith(PREFIX):
+        msg = f"topic {name!r} is not under {PREFIX}"
+        raise DownlinkInvalid(msg)
+    device_id, _, kind = name[len(PREFIX) :].partition("/")
+    if not device_id or kind not in (*DEVICE_DOWNLINKS, *GATEWAY_DOWNLINKS):
+        msg = f"topic {name!r}: unknown device or kind"
+        raise DownlinkInvalid(msg)
+    return device_id, kind
+
+
+def encode_json(body: Mapping[str, Any]) -> bytes:
+    """Compact JSON, the wire form of every payload."""
+    return json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+
+
+def iso_timestamp(at: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and `Z`, as the seed's examples."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def telemetry(at: datetime, telemetries: Mapping[str, Any]) -> bytes:
+    """Body of a telemetry record (the record id is added at publish time)."""
+    return encode_json(
+        {"status": "online", "timestamp": iso_timestamp(at), "telemetries": telemetries}
+    )
+
+
+def with_record_id(payload: bytes, record_id: str) -> bytes:
+    """The payload object with `record_id` as its first field, without re-encoding it."""
+    head = b'{"record_id":' + json.dumps(record_id).encode()
+    if payload.strip() == b"{}":
+        return head + b"}"
+    return head + b"," + payload.lstrip()[1:]
+
+
+def command_update(command_id: str, status: str, message: str) -> bytes:
+    """`commands/update`: status in_progress, done or error."""
+    return encode_json({"id": command_id, "status": status, "message": message})
+
+
+def license_update(license_id: str, state: str, error: str = "") -> bytes:
+    """`license/update`: state inuse, removed or error."""
+    body: dict[str, Any] = {"id": license_id, "state": state}
+    if error:
+        body["error"] = error
+    return encode_json(body)
+
+
+def children_status(statuses: Mapping[str, ChildStatus]) -> bytes:
+    """`children/status` for the given children."""
+    return encode_json(
+        {"devices": [{"device_id": d, "status": s} for d, s in sorted(statuses.items())]}
+    )
+
+
+def children_add(request_id: str, children: Sequence[Child]) -> bytes:
+    """`children/add`: at most MAX_CHILDREN_PER_ADD per request."""
+    devices = []
+    for child in children:
+        entry: dict[str, Any] = {
+            "node_id": child.node_id,
+            "product_id": child.product_id,
+            "device_id": child.device_id,
+        }
+        if child.name:
+            entry["device_name"] = child.name
+        if child.parent_device_id:
+            entry["parent_device_id"] = child.parent_device_id
+        devices.append(entry)
+    return encode_json({"request_id": request_id, "devices": devices})
+
+
+def children_delete(request_id: str, device_ids: Sequence[str]) -> bytes:
+    """`children/delete`."""
+    return encode_json({"request_id": request_id, "devices": list(device_ids)})
+
+
+class _Down(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class ConfigDown(BaseModel):
+    """Desired config: `version`, `last_updated` and the fields."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    version: str = Field(min_length=1)
+    last_updated: str | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    def fields(self) -> dict[str, Any]:
+        """The configuration fields (everything but version and last_updated)."""
+        return dict(self.model_extra or {})
+
+
+class CommandDown(_Down):
+    """A command for the device."""
+
+    id: str = Field(min_length=1, max_length=128)
+    status: str = "pending"
+    name: str = Field(min_length=1, max_length=128)
+    parameters: Any = Field(default_factory=dict)
+
+
+class LicenseDown(_Down):
+    """A license to add, update or remove."""
+
+    id: str = Field(min_length=1)
+    data: str | None = None
+    signature: str | None = None
+    add: bool = False
+    update: bool = False
+    remove: bool = False
+
+
+class SpaceInfoDown(BaseModel):
+    """Where the device is: location, units, maintenance flag, local time."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    location: dict[str, Any] | None = None
+    temperature_units: str | None = None
+    maintenance: bool | None = None
+    name: str | None = None
+    local_time: str | None = None
+
+
+class FirmwareDown(_Down):
+    """The latest firmware the cloud has for the device."""
+
+    latest_fw_version: str = Field(min_length=1)
+    latest_fw_file_id: str | None = None
+
+
+class _Added(_Down):
+    device_id: str = Field(min_length=1)
+    node_id: str | None = None
+    product_id: str | None = None
+    access_key: str | None = None
+
+
+class _Failed(_Down):
+    node_id: str | None = None
+    product_id: str | None = None
+    device_id: str | None = None
+    error_code: str | int | None = None
+    error_msg: str = ""
+
+
+class ChildrenAddResponse(_Down):
+    """The cloud's answer to `children/add`."""
+
+    request_id: str = Field(min_length=1)
+    successful_devices: list[_Added] = Field(default_factory=list)
+    failed_devices: list[_Failed] = Field(default_factory=list)
+
+
+class ChildrenDeleteResponse(_Down):
+    """The cloud's answer to `children/delete`."""
+
+    request_id: str = Field(min_length=1)
+    successful_devices: list[str] = Field(default_factory=list)
+    failed_devices: list[_Failed] = Field(default_factory=list)
+
+
+class ChildrenNotify(_Down):
+    """A cloud-side change of children: `add` or `delete`, with a version."""
+
+    version: int | str
+    event: Literal["add", "delete"]
+    devices: list[_Added] = Field(default_factory=list)
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "config": ConfigDown,
+    "commands": CommandDown,
+    "license": LicenseDown,
+    "space_info": SpaceInfoDown,
+    "firmware": FirmwareDown,
+    "children/add/response": ChildrenAddResponse,
+    "children/delete/response": ChildrenDeleteResponse,
+    "children/notify": ChildrenNotify,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Downlink:
+    """A validated downlink message."""
+
+    device_id: str
+    kind: str
+    body: BaseModel
+
+
+def decode(name: str, payload: bytes) -> Downlink:
+    """Validate a downlink message.
+
+    Raises:
+        DownlinkInvalid: unknown topic, not JSON, or a field that does not fit (named).
+    """
+    device_id, kind = parse_topic(name)
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        msg = f"{name}: payload is not JSON: {exc}"
+        raise DownlinkInvalid(msg) from None
+    try:
+        body = _MODELS[kind].model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        msg = f"{name}: {problems}"
+        raise DownlinkInvalid(msg) from None
+    return Downlink(device_id, kind, body)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return iso_timestamp(value)
+    msg = f"cannot encode {type(value).__name__} as JSON"
+    raise TypeError(msg)

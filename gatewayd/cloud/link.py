@@ -1,0 +1,327 @@
+"""The MQTT session to the cloud: connect, subscribe, resync, then drain and listen.
+
+One `Uplink` runs under `supervise()`: a broker that is down, refuses the connection or drops
+it is weather (`UplinkUnavailable`, retried with capped jittered backoff); the outbox keeps
+everything meanwhile, so the daemon boots and runs offline. On every connect, in order:
+subscribe to every downlink topic, report every child's status, ask the cloud to register
+children it does not know yet (retried until it answers), ask for each device's snapshot
+(`get`), and only then start draining the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gatewayd.backoff import Backoff
+from gatewayd.cloud.children import Child, ChildrenSource, ChildStatus, StatusBoard
+from gatewayd.cloud.dialects import native
+from gatewayd.cloud.downlinks import (
+    ADDED_BY_CLOUD,
+    BuiltinCommands,
+    CommandExecutor,
+    DesiredConfig,
+    Downlinks,
+)
+from gatewayd.cloud.puback import PublishSeam
+from gatewayd.cloud.pump import Pump
+from gatewayd.cloud.ratelimit import TokenBucket
+from gatewayd.config_load import read_secret
+from gatewayd.errors import UplinkUnavailable
+from gatewayd.health import Component
+from gatewayd.settings import CloudConfig
+from gatewayd.store.cloud_state import CloudState
+from gatewayd.store.outbox import Outbox, Record
+from gatewayd.supervise import supervise
+
+__all__ = ["LinkTiming", "Uplink", "should_fall_back"]
+
+log = logging.getLogger(__name__)
+
+# CONNACK answers that mean "this broker does not speak MQTT 5": 3.1.1's "unacceptable
+# protocol version" (1) and MQTT 5's "unsupported protocol version" (0x84).
+_OLD_BROKER = {1, 0x84}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTiming:
+    """Time bounds of the link.
+
+    Args:
+        answer_timeout_s: bound on one PUBACK of a resync message.
+        children_retry_s: period of re-asking the cloud to register children it has not
+            answered about.
+        healthy_after_s: a session that lasted this long resets the reconnect backoff.
+    """
+
+    answer_timeout_s: float = 10.0
+    children_retry_s: float = 30.0
+    healthy_after_s: float = 30.0
+
+
+def should_fall_back(exc: aiomqtt.MqttError) -> bool:
+    """Whether a failed MQTT 5 connect should be retried with 3.1.1."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    rc = exc.rc
+    value = getattr(rc, "value", rc)
+    return isinstance(value, int) and value in _OLD_BROKER
+
+
+class Uplink:
+    """The gateway's one connection to the cloud.
+
+    Args:
+        config: the `cloud` section (host must be set).
+        gateway_id: the gateway's device id.
+        outbox: what to send.
+        state: where downlinks are stored.
+        children: the gateway's children.
+        board: children's latest status.
+        component: health of the link.
+        executor: runs commands; the built-in one answers `ping`.
+        desired: applies accepted desired config to the devices' desired state.
+        timing: time bounds.
+    """
+
+    def __init__(  # noqa: PLR0913, PLR0917 - every argument is an injected collaborator
+        self,
+        config: CloudConfig,
+        gateway_id: str,
+        outbox: Outbox,
+        state: CloudState,
+        children: ChildrenSource,
+        board: StatusBoard,
+        component: Component,
+        *,
+        executor: CommandExecutor | None = None,
+        desired: DesiredConfig | None = None,
+        timing: LinkTiming | None = None,
+    ) -> None:
+        if config.host is None:
+            msg = "cloud.host is not set"
+            raise ValueError(msg)
+        self._config = config
+        self._host = config.host
+        self._gateway_id = gateway_id
+        self._outbox = outbox
+        self._state = state
+        self._children = children
+        self._board = board
+        self._component = component
+        self._timing = timing or LinkTiming()
+        self._password = read_secret(config.password_file) if config.password_file else None
+        access_key = read_secret(config.access_key_file) if config.access_key_file else None
+        if access_key and not config.tls.enabled:
+            log.warning("cloud.access_key_file is ignored without TLS: it would travel in clear")
+            access_key = None
+        self._access_key = access_key
+        self._mqtt5 = config.mqtt_version != "3.1.1"
+        self._downlinks = Downlinks(
+            gateway_id, state, outbox, children, executor or BuiltinCommands(), desired
+        )
+        self._properties: dict[str, Properties] = {}
+        self.pump = Pump(outbox, self._encode, TokenBucket(config.rate_limit_msg_s))
+        self.connects = 0  # sessions that got as far as subscribing
+
+    async def run(self) -> None:
+        """Stay connected until cancelled, reconnecting with backoff."""
+        backoff = Backoff(
+            initial_s=self._config.reconnect_initial_s,
+            max_s=max(self._config.reconnect_max_s, self._config.reconnect_initial_s),
+        )
+        await supervise(
+            self._session,
+            self._component,
+            backoff,
+            healthy_after_s=self._timing.healthy_after_s,
+        )
+
+    async def _session(self) -> None:
+        try:
+            await self._session_once()
+        except _OldBroker:
+            log.warning("uplink: the broker does not speak MQTT 5: falling back to 3.1.1")
+            self._mqtt5 = False
+            self._properties.clear()
+            await self._session_once()
+
+    async def _session_once(self) -> None:
+        client = self._client()
+        seam = PublishSeam(client)
+        connected = False
+        try:
+            async with client:
+                connected = True
+                await self._connected(client, seam)
+        except* (aiomqtt.MqttError, UplinkUnavailable, TimeoutError) as group:
+            first = _first(group)
+            if (
+                not connected
+                and self._mqtt5
+                and self._config.mqtt_version == "auto"
+                and isinstance(first, aiomqtt.MqttError)
+                and should_fall_back(first)
+            ):
+                raise _OldBroker from None
+            if isinstance(first, UplinkUnavailable):
+                raise first from None
+            text = "no answer in time" if isinstance(first, TimeoutError) else str(first)
+            raise UplinkUnavailable(f"broker {self._host}: {text}") from first
+        finally:
+            seam.fail_all("connection closed")
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        protocol = aiomqtt.ProtocolVersion.V5 if self._mqtt5 else aiomqtt.ProtocolVersion.V311
+        return aiomqtt.Client(
+            self._host,
+            cfg.effective_port,
+            identifier=cfg.client_id or self._gateway_id,
+            username=cfg.username,
+            password=self._password,
+            protocol=protocol,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.connect_timeout_s,
+            tls_context=self._tls_context(),
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self._config.tls
+        if not tls.enabled:
+            return None
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        return context
+
+    async def _connected(self, client: aiomqtt.Client, seam: PublishSeam) -> None:
+        devices = [c.device_id for c in self._children.children()]
+        topics = native.subscriptions(self._gateway_id, devices)
+        await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
+        self.connects += 1
+        version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
+        self._component.up(f"{self._host}:{self._config.effective_port} ({version})")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._listen(client), name="uplink.listen")
+            await self._resync(seam)
+            tg.create_task(self.pump.run(seam), name="uplink.drain")
+            tg.create_task(self._children_loop(seam), name="uplink.children")
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes) else str(payload).encode()
+            await self._downlinks.handle(message.topic.value, data)
+
+    async def _resync(self, seam: PublishSeam) -> None:
+        statuses = self._board.snapshot()
+        if statuses:
+            await self._send(
+                seam, self._gateway_id, "children/status", native.children_status(statuses)
+            )
+        await self._register_children(seam)
+        for device_id in [self._gateway_id, *(c.device_id for c in self._children.children())]:
+            await self._send(seam, device_id, "get", b"{}")
+
+    async def _children_loop(self, seam: PublishSeam) -> None:
+        loop = asyncio.get_running_loop()
+        next_retry = loop.time() + self._timing.children_retry_s
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, next_retry - loop.time())):
+                    await self._board.changed.wait()
+            except TimeoutError:
+                next_retry = loop.time() + self._timing.children_retry_s
+                await self._register_children(seam)
+                continue
+            changes = self._board.take_changes()
+            if changes:
+                await self._send_changes(seam, changes)
+
+    async def _send_changes(self, seam: PublishSeam, changes: Mapping[str, ChildStatus]) -> None:
+        try:
+            await self._send(
+                seam, self._gateway_id, "children/status", native.children_status(changes)
+            )
+        except BaseException:
+            self._board.restore(changes)
+            raise
+
+    async def _register_children(self, seam: PublishSeam) -> None:
+        known = await self._state.children()
+        unanswered: list[Child] = [
+            c
+            for c in self._children.children()
+            if known.get(c.device_id, {}).get("state") not in {"registered", "refused"}
+        ]
+        for start in range(0, len(unanswered), native.MAX_CHILDREN_PER_ADD):
+            chunk = unanswered[start : start + native.MAX_CHILDREN_PER_ADD]
+            for child in chunk:
+                await self._state.set_child(child.device_id, "pending")
+            await self._send(
+                seam, self._gateway_id, "children/add", native.children_add(uuid.uuid4().hex, chunk)
+            )
+        configured = {c.device_id for c in self._children.children()}
+        gone = [
+            d
+            for d, row in known.items()
+            if row["state"] == "registered"
+            and d not in configured
+            and row["reason"] != ADDED_BY_CLOUD
+        ]
+        if gone:
+            await self._send(
+                seam,
+                self._gateway_id,
+                "children/delete",
+                native.children_delete(uuid.uuid4().hex, gone),
+            )
+
+    async def _send(self, seam: PublishSeam, device_id: str, kind: str, payload: bytes) -> None:
+        """Publish a resync message directly (not through the outbox) and wait for its PUBACK."""
+        future = seam.publish(native.topic(device_id, kind), payload, self._props(device_id))
+        async with asyncio.timeout(self._timing.answer_timeout_s):
+            code = await future
+        if code >= 0x80:
+            log.warning("uplink: %s of %s refused by the broker (%#x)", kind, device_id, code)
+
+    def _encode(self, record: Record) -> tuple[str, bytes, Properties | None]:
+        payload = record.payload
+        if record.kind == "telemetry":
+            payload = native.with_record_id(payload, record.record_id)
+        return native.topic(record.device, record.kind), payload, self._props(record.device)
+
+    def _props(self, device_id: str) -> Properties | None:
+        if not self._mqtt5:
+            return None
+        props = self._properties.get(device_id)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            pairs = [("device_id", device_id)]
+            if self._access_key:
+                pairs.append(("access_key", self._access_key))
+            props.UserProperty = pairs
+            self._properties[device_id] = props
+        return props
+
+
+class _OldBroker(Exception):
+    """The broker answered an MQTT 5 CONNECT with "unsupported protocol version"."""
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -1,0 +1,263 @@
+"""What the cloud told the gateway, per device, kept in `outbox.db` beside the outbox.
+
+Desired config, commands, licenses, space info, firmware info, and the registration state of
+children.
+
+Desired config is versioned (an older version is ignored); command ids are idempotency keys
+(a command id seen once is never executed again, across restarts).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gatewayd.store.sqlite_worker import SqliteWorker
+
+__all__ = ["CloudState", "StoredCommand", "cloud_state_schema", "newer_version"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS desired_config (
+    device TEXT PRIMARY KEY, version TEXT NOT NULL, last_updated TEXT,
+    body TEXT NOT NULL, received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY, device TEXT NOT NULL, name TEXT NOT NULL, parameters TEXT NOT NULL,
+    status TEXT NOT NULL, message TEXT NOT NULL DEFAULT '', received REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device, received);
+CREATE TABLE IF NOT EXISTS licenses (
+    device TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, state TEXT NOT NULL,
+    updated REAL NOT NULL, PRIMARY KEY (device, id)
+);
+CREATE TABLE IF NOT EXISTS device_info (
+    device TEXT NOT NULL, topic TEXT NOT NULL, body TEXT NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (device, topic)
+);
+CREATE TABLE IF NOT EXISTS children (
+    device_id TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    access_key TEXT, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cloud_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def cloud_state_schema(conn: sqlite3.Connection) -> None:
+    """Create the downlink tables (idempotent)."""
+    conn.executescript(_SCHEMA)
+
+
+def newer_version(candidate: str, stored: str) -> bool:
+    """Whether a config version supersedes the stored one.
+
+    Versions that are both integers compare as numbers; otherwise as strings (ISO timestamps
+    and zero-padded counters order correctly that way). An equal version is not newer.
+    """
+    if candidate.isdigit() and stored.isdigit():
+        return int(candidate) > int(stored)
+    return candidate > stored
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCommand:
+    """A command as received from the cloud and its latest status."""
+
+    id: str
+    device: str
+    name: str
+    parameters: Any
+    status: str
+    message: str
+    received: float
+    updated: float
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's view."""
+        return {
+            "id": self.id,
+            "device_id": self.device,
+            "name": self.name,
+            "parameters": self.parameters,
+            "status": self.status,
+            "message": self.message,
+            "received": self.received,
+            "updated": self.updated,
+        }
+
+
+class CloudState:
+    """Reads and writes the downlink tables on the outbox file's worker.
+
+    Args:
+        worker: the open `outbox.db` (with `cloud_state_schema` applied).
+    """
+
+    def __init__(self, worker: SqliteWorker) -> None:
+        self._worker = worker
+
+    async def accept_config(
+        self, device: str, version: str, last_updated: str | None, body: dict[str, Any]
+    ) -> bool:
+        """Store desired config unless the stored version is the same or newer."""
+        text = json.dumps(body, separators=(",", ":"))
+
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT version FROM desired_config WHERE device = ?", (device,)
+            ).fetchone()
+            if row is not None and not newer_version(version, row[0]):
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO desired_config VALUES (?, ?, ?, ?, ?)",
+                (device, version, last_updated, text, time.time()),
+            )
+            return True
+
+        return await self._worker.call(write)
+
+    async def desired_config(self, device: str) -> dict[str, Any] | None:
+        """The latest accepted desired config of a device."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT version, last_updated, body, received FROM desired_config WHERE device = ?",
+                (device,),
+            ).fetchone()
+            if row is None:
+                return None
+            return {
+                "version": row[0],
+                "last_updated": row[1],
+                "fields": json.loads(row[2]),
+                "received": row[3],
+            }
+
+        return await self._worker.call(read)
+
+    async def claim_command(self, device: str, command_id: str, name: str, parameters: Any) -> bool:
+        """Record a new command; False when its id was seen before (never execute twice)."""
+        now = time.time()
+        params = json.dumps(parameters, separators=(",", ":"))
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, 'pending', '', ?, ?)",
+                (command_id, device, name, params, now, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._worker.call(write)
+
+    async def set_command_status(self, command_id: str, status: str, message: str) -> None:
+        """Record the latest status of a command."""
+        await self._worker.call(
+            lambda conn: conn.execute(
+                "UPDATE commands SET status = ?, message = ?, updated = ? WHERE id = ?",
+                (status, message, time.time(), command_id),
+            )
+        )
+
+    async def commands(self, device: str, limit: int = 100) -> list[StoredCommand]:
+        """A device's commands, newest first."""
+
+        def read(conn: sqlite3.Connection) -> list[StoredCommand]:
+            rows = conn.execute(
+                "SELECT id, device, name, parameters, status, message, received, updated "
+                "FROM commands WHERE device = ? ORDER BY received DESC LIMIT ?",
+                (device, limit),
+            ).fetchall()
+            return [StoredCommand(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+
+        return await self._worker.call(read)
+
+    async def put_license(
+        self, device: str, license_id: str, body: dict[str, Any], state: str
+    ) -> None:
+        """Store (or mark removed) one license of a device."""
+        text = json.dumps(body, separators=(",", ":"))
+        await self._worker.call(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO licenses VALUES (?, ?, ?, ?, ?)",
+                (device, license_id, text, state, time.time()),
+            )
+        )
+
+    async def licenses(self, device: str) -> list[dict[str, Any]]:
+        """A device's licenses with their state."""
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT id, body, state, updated FROM licenses WHERE device = ? ORDER BY id",
+                (device,),
+            ).fetchall()
+            return [
+                {"id": r[0], "license": json.loads(r[1]), "state": r[2], "updated": r[3]}
+                for r in rows
+            ]
+
+        return await self._worker.call(read)
+
+    async def put_info(self, device: str, topic: str, body: dict[str, Any]) -> None:
+        """Store the latest space info or firmware info of a device."""
+        text = json.dumps(body, separators=(",", ":"))
+        await self._worker.call(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO device_info VALUES (?, ?, ?, ?)",
+                (device, topic, text, time.time()),
+            )
+        )
+
+    async def info(self, device: str, topic: str) -> dict[str, Any] | None:
+        """The latest space info or firmware info of a device."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT body, received FROM device_info WHERE device = ? AND topic = ?",
+                (device, topic),
+            ).fetchone()
+            return None if row is None else {**json.loads(row[0]), "received": row[1]}
+
+        return await self._worker.call(read)
+
+    async def set_child(
+        self, device_id: str, state: str, reason: str = "", access_key: str | None = None
+    ) -> None:
+        """Record a child's registration state: pending, registered, refused or deleted."""
+        await self._worker.call(
+            lambda conn: conn.execute(
+                "INSERT INTO children VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE"
+                " SET state = excluded.state, reason = excluded.reason, updated = excluded.updated,"
+                " access_key = COALESCE(excluded.access_key, children.access_key)",
+                (device_id, state, reason, access_key, time.time()),
+            )
+        )
+
+    async def children(self) -> dict[str, dict[str, Any]]:
+        """Registration state of every child the cloud was told about (no secrets)."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            rows = conn.execute("SELECT device_id, state, reason, updated FROM children")
+            return {r[0]: {"state": r[1], "reason": r[2], "updated": r[3]} for r in rows}
+
+        return await self._worker.call(read)
+
+    async def get_meta(self, key: str) -> str | None:
+        """A small value remembered across restarts (e.g. the children notify version)."""
+
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM cloud_meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._worker.call(read)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Remember a small value across restarts."""
+        await self._worker.call(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO cloud_meta VALUES (?, ?)", (key, value)
+            )
+        )

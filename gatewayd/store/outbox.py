@@ -1,0 +1,382 @@
+"""The store-and-forward outbox: durable, ordered per device, bounded, deleted after PUBACK.
+
+`append()` returns once the record is committed to SQLite. With `durability: full` that commit
+is fsynced; with `batched` a commit survives a crash of the daemon at once, and the WAL is
+fsynced at least every `batch_window_ms`, which is therefore the most a power cut can lose.
+Concurrent appends share one transaction (group commit), so the rate grows with the number of
+producers rather than being bound by one fsync each.
+
+Records leave only by `ack()` (the broker accepted them), `dead_letter()` (the broker refused
+them), or a bound (`max_bytes`, `max_age_s`, the free-disk floor); every drop is counted by
+reason and device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from gatewayd.settings import OutboxConfig
+from gatewayd.store.outbox_db import Batch, OutboxTables, Record, migrate
+from gatewayd.store.sqlite_worker import SqliteWorker
+
+__all__ = ["DeadLetter", "Outbox", "OutboxFull", "OutboxStats", "Record", "open_outbox"]
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_S = 1.0
+
+
+class OutboxFull(Exception):
+    """A record was refused: the outbox is at `max_bytes` (reject_new) or the disk floor."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the broker refused or that kept breaking the connection."""
+
+    id: int
+    record_id: str
+    device: str
+    kind: str
+    payload: bytes
+    created: float
+    failed_at: float
+    reason_code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Depth, size and drops, for the API and /metrics."""
+
+    records: int
+    bytes: int
+    oldest_age_s: float | None
+    dead_letters: int
+    drops: dict[str, dict[str, int]]
+    devices: dict[str, dict[str, int | str]]
+
+
+class Outbox:
+    """The asyncio face of the outbox file; `open_outbox()` makes and runs one.
+
+    Args:
+        worker: the SQLite file, already open with the outbox schema.
+        tables: counters over the tables.
+        config: bounds and durability.
+        disk_free: free bytes on the store's file system (injectable for tests).
+        clock: wall clock for record ages.
+    """
+
+    def __init__(
+        self,
+        worker: SqliteWorker,
+        tables: OutboxTables,
+        config: OutboxConfig,
+        *,
+        disk_free: Callable[[], int],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.worker = worker
+        self._tables = tables
+        self._config = config
+        self._disk_free = disk_free
+        self._clock = clock
+        self._seq = 0
+        self._pending: list[tuple[str, str, str, bytes, float]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._pending_bytes = 0
+        self._acks: list[int] = []
+        self._acked: set[int] = set()
+        self._dead: list[tuple[int, int | None, str, float]] = []
+        self._drops: dict[tuple[str, str], int] = {}
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._disk_low = False
+        self._dirty = False
+        self.changed = asyncio.Event()
+
+    @property
+    def boot(self) -> int:
+        """This run's number; the first part of every record id appended in it."""
+        return self._tables.boot
+
+    @property
+    def depth(self) -> int:
+        """Records waiting (committed, not yet acknowledged)."""
+        return int(self._tables.count)
+
+    async def append(self, device: str, kind: str, payload: bytes) -> str:
+        """Store one record; returns its record id once it is committed.
+
+        Raises:
+            OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
+        """
+        if self._closed:
+            msg = "outbox is closed"
+            raise RuntimeError(msg)
+        size = len(payload)
+        if self._disk_low:
+            self._count_drop("disk_floor", device)
+            msg = (
+                f"outbox refused a {kind} record of {device}: free disk below "
+                f"outbox.min_free_bytes ({self._config.min_free_bytes})"
+            )
+            raise OutboxFull(msg)
+        if (
+            self._config.policy == "reject_new"
+            and self._tables.bytes + self._pending_bytes + size > self._config.max_bytes
+        ):
+            self._count_drop("rejected", device)
+            msg = (
+                f"outbox refused a {kind} record of {device}: outbox.max_bytes "
+                f"({self._config.max_bytes}) reached and outbox.policy is reject_new"
+            )
+            raise OutboxFull(msg)
+        self._seq += 1
+        record_id = f"{self._tables.boot}-{self._seq}"
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((record_id, device, kind, payload, self._clock()))
+        self._waiters.append(done)
+        self._pending_bytes += size
+        self._wake.set()
+        await done
+        return record_id
+
+    def ack(self, row_id: int) -> None:
+        """The broker accepted the record: delete it in the next commit."""
+        self._acks.append(row_id)
+        self._acked.add(row_id)
+        self._wake.set()
+
+    def dead_letter(self, row_id: int, reason_code: int | None, reason: str) -> None:
+        """Move a record the broker refused to the dead-letter table."""
+        self._dead.append((row_id, reason_code, reason, self._clock()))
+        self._acked.add(row_id)
+        self._wake.set()
+        log.warning("outbox record %d moved to dead letters: %s", row_id, reason)
+
+    async def fetch(self, after: Mapping[str, int], per_device: int) -> list[Record]:
+        """The oldest records of each device beyond its cursor (`after[device]`, a row id)."""
+        skip = frozenset(self._acked)
+        return await self.worker.call(
+            lambda conn: self._tables.fetch(conn, after, per_device, skip)
+        )
+
+    async def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, record_id, device, kind, payload, created, failed_at, reason_code,"
+                " reason FROM dead_letters ORDER BY failed_at DESC, id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            return [DeadLetter(*row) for row in rows]
+
+        return await self.worker.call(query)
+
+    async def stats(self) -> OutboxStats:
+        """Depth, bytes, oldest age, drops by reason and device, and per-device depth."""
+        now = self._clock()
+
+        def query(conn: sqlite3.Connection) -> OutboxStats:
+            oldest = conn.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
+            dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+            drops: dict[str, dict[str, int]] = {}
+            for reason, device, n in conn.execute("SELECT reason, device, count FROM drops"):
+                drops.setdefault(reason, {})[device] = n
+            devices: dict[str, dict[str, int | str]] = {}
+            for device, n, newest in conn.execute(
+                "SELECT device, COUNT(*), MAX(id) FROM records GROUP BY device"
+            ):
+                rid = conn.execute("SELECT record_id FROM records WHERE id = ?", (newest,))
+                devices[device] = {"records": n, "newest_record_id": rid.fetchone()[0]}
+            return OutboxStats(
+                records=self._tables.count,
+                bytes=self._tables.bytes,
+                oldest_age_s=None if oldest is None else max(0.0, now - oldest[0]),
+                dead_letters=dead,
+                drops=drops,
+                devices=devices,
+            )
+
+        await self.flush()
+        return await self.worker.call(query)
+
+    async def flush(self) -> None:
+        """Commit everything buffered now."""
+        await self._commit()
+
+    async def run(self) -> None:
+        """Group-commit loop and maintenance (age bound, disk floor, WAL sync); runs forever."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._committer(), name="outbox.commit")
+            tg.create_task(self._maintenance(), name="outbox.maintenance")
+
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._commit()
+            except sqlite3.Error as exc:  # disk full, I/O error: the appenders were told
+                log.error("outbox commit failed: %s", exc)  # noqa: TRY400 - weather, not a bug
+                await asyncio.sleep(MAINTENANCE_S)
+
+    async def _commit(self) -> None:
+        if not (self._pending or self._acks or self._dead or self._drops):
+            return
+        batch = Batch(self._pending, self._acks, self._dead, self._drops)
+        waiters = self._waiters
+        self._pending, self._waiters, self._acks, self._dead, self._drops = [], [], [], [], {}
+        self._pending_bytes = 0
+        max_bytes = self._config.max_bytes if self._config.policy == "drop_oldest" else None
+        done = self.worker.submit(lambda conn: self._tables.commit(conn, batch, max_bytes))
+        done.add_done_callback(lambda fut: self._committed(fut, batch, waiters))
+        # Shielded: a commit under way finishes (and tells its appenders) even at shutdown.
+        await asyncio.shield(done)
+
+    def _committed(
+        self,
+        fut: asyncio.Future[list[tuple[str, int]]],
+        batch: Batch,
+        waiters: list[asyncio.Future[None]],
+    ) -> None:
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or error is not None:
+            failure = error if isinstance(error, Exception) else RuntimeError("commit cancelled")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(failure)
+            self._acked.difference_update(batch.acks)  # not deleted: they may be sent again
+            return
+        self._acked.difference_update(batch.acks)
+        self._acked.difference_update(row for row, *_ in batch.dead)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        dropped = fut.result()
+        if dropped:
+            log.warning(
+                "outbox at max_bytes: dropped the oldest %s",
+                ", ".join(f"{n} of {d}" for d, n in dropped),
+            )
+        if batch.inserts:
+            self._dirty = True
+            self.changed.set()
+
+    async def _maintenance(self) -> None:
+        window_s = self._config.batch_window_ms / 1000
+        next_sweep = 0.0
+        while True:
+            await asyncio.sleep(window_s if self._config.durability == "batched" else MAINTENANCE_S)
+            if self._dirty and self._config.durability == "batched":
+                self._dirty = False
+                await self.worker.call(_sync_wal)
+            now = time.monotonic()
+            if now < next_sweep:
+                continue
+            next_sweep = now + MAINTENANCE_S
+            self.check_disk()
+            cutoff = self._clock() - self._config.max_age_s
+            expired = await self.worker.call(partial(self._tables.expire, cutoff=cutoff))
+            if expired:
+                log.warning(
+                    "outbox: dropped records older than max_age_s: %s",
+                    ", ".join(f"{n} of {d}" for d, n in expired.items()),
+                )
+
+    def check_disk(self) -> None:
+        """Compare free disk with the floor; below it, appends are refused."""
+        low = self._disk_free() < self._config.min_free_bytes
+        if low != self._disk_low:
+            self._disk_low = low
+            if low:
+                log.error(
+                    "outbox: free disk below %d bytes: new records are refused",
+                    self._config.min_free_bytes,
+                )
+            else:
+                log.info("outbox: free disk above the floor again: records accepted")
+
+    def _count_drop(self, reason: str, device: str) -> None:
+        key = (reason, device)
+        self._drops[key] = self._drops.get(key, 0) + 1
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Commit what is buffered and close the file."""
+        self._closed = True
+        await self._commit()
+        await self.worker.close()
+
+
+def _sync_wal(conn: sqlite3.Connection) -> None:
+    # A passive checkpoint fsyncs the WAL first: this bounds what a power cut can lose.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+@contextlib.asynccontextmanager
+async def open_outbox(
+    path: Path,
+    config: OutboxConfig,
+    *,
+    disk_free: Callable[[], int] | None = None,
+    schema: Callable[[sqlite3.Connection], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Outbox]:
+    """Open the file, run the commit loop while the block runs, then flush and close.
+
+    Args:
+        path: the SQLite file (`outbox.db` in the state directory).
+        config: bounds and durability.
+        disk_free: free bytes on the file system; defaults to `shutil.disk_usage`.
+        schema: more tables kept in the same file (downlink state), created at open.
+        clock: wall clock for record ages (injectable for tests).
+    """
+    worker = SqliteWorker(
+        path, synchronous="FULL" if config.durability == "full" else "NORMAL", name="outbox"
+    )
+    holder: list[OutboxTables] = []
+
+    def setup(conn: sqlite3.Connection) -> None:
+        migrate(conn)
+        if schema is not None:
+            schema(conn)
+        holder.append(OutboxTables(conn))
+
+    await worker.open(setup)
+    outbox = Outbox(
+        worker,
+        holder[0],
+        config,
+        disk_free=disk_free or (lambda: shutil.disk_usage(path.parent).free),
+        clock=clock,
+    )
+    outbox.check_disk()
+    log.info(
+        "outbox %s: %d records (%d bytes) waiting, boot %d",
+        path,
+        outbox.depth,
+        holder[0].bytes,
+        outbox.boot,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(outbox.run(), name="outbox")
+            try:
+                yield outbox
+            finally:
+                runner.cancel()
+    finally:
+        await outbox.close()
