@@ -87,7 +87,9 @@ def backends_for(central: Device) -> tuple[type[BaseBleakScanner], type[BaseBlea
     return Scanner, Client
 
 
-def parse_ad(data: bytes) -> tuple[str | None, dict[int, bytes], dict[str, bytes], list[str], int | None]:
+def parse_ad(
+    data: bytes,
+) -> tuple[str | None, dict[int, bytes], dict[str, bytes], list[str], int | None]:
     """Split raw advertising data into bleak's fields."""
     name: str | None = None
     manufacturer: dict[int, bytes] = {}
@@ -202,9 +204,7 @@ class BumbleClient(BaseBleakClient):
     async def connect(self, pair: bool, **kwargs: Any) -> None:
         del pair, kwargs
         try:
-            connection = await self.device.connect(
-                hci.Address(self.address), timeout=self._timeout
-            )
+            connection = await self.device.connect(hci.Address(self.address), timeout=self._timeout)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.device.cancel_connection()
@@ -220,7 +220,9 @@ class BumbleClient(BaseBleakClient):
     async def _discover(self, peer: Peer) -> BleakGATTServiceCollection:
         collection = BleakGATTServiceCollection()
         for svc in await peer.discover_services():
-            service = BleakGATTService(svc, svc.handle, normalize_uuid_str(svc.uuid.to_hex_str("-")))
+            service = BleakGATTService(
+                svc, svc.handle, normalize_uuid_str(svc.uuid.to_hex_str("-"))
+            )
             collection.add_service(service)
             for chr_ in await svc.discover_characteristics():
                 props = [n for flag, n in _PROPERTY_NAMES.items() if chr_.properties & flag]
@@ -321,6 +323,8 @@ class World:
     def __init__(self) -> None:
         self.link = LocalLink()
         self._count = 0
+        self.links = 0  # connections open to peripherals now
+        self.most_links = 0  # the most ever open at once
 
     def _address(self) -> str:
         self._count += 1
@@ -345,6 +349,7 @@ class Peripheral:
     def __init__(self, world: World, address: str, name: str = "") -> None:
         self.address = address
         self.name = name
+        self.world = world
         self.device = make_device(world.link, address, name or "peripheral")
         self.connections: list[Connection] = []
         self.connected = asyncio.Event()
@@ -358,12 +363,15 @@ class Peripheral:
     def _on_connection(self, connection: Connection) -> None:
         self.connections.append(connection)
         self.connect_count += 1
+        self.world.links += 1
+        self.world.most_links = max(self.world.most_links, self.world.links)
         self.connected.set()
         connection.on(Connection.EVENT_DISCONNECTION, lambda *_: self._on_gone(connection))
 
     def _on_gone(self, connection: Connection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
+            self.world.links -= 1
         if not self.connections:
             self.connected.clear()
 
