@@ -98,6 +98,7 @@ def _value(
 ) -> Value | None:
     """The point's value in this advertisement; None if the advertisement does not carry it."""
     adv = sighting.advertisement
+    data: bytes | None = None
     match point.source:
         case "rssi":
             return adv.rssi
@@ -113,8 +114,6 @@ def _value(
             data = adv.manufacturer_data.get(point.company_id or 0)
         case "service_data":
             data = adv.service_data.get(point.service_uuid or "")
-        case _:
-            return None
     if data is None or point.field is None:
         return None
     return point.field.decode(data)

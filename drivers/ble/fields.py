@@ -103,32 +103,40 @@ class FieldSpec(BaseModel):
             return _sized(_as_bytes(value), self.length)
         if self.type == "utf8":
             if not isinstance(value, str):
-                msg = f"utf8 field needs text, got {type(value).__name__}"
+                msg = f"utf8 field needs text, got {value!r}"
                 raise ValueError(msg)
             return _sized(value.encode(), self.length)
         if self.type == "bool":
-            if not isinstance(value, bool | int) or (isinstance(value, int) and value not in (0, 1)):
-                msg = f"bool field needs true/false, got {value!r}"
-                raise ValueError(msg)
-            return bytes([(1 << self.bit) if (value and self.bit is not None) else int(value)])
+            return self._encode_bool(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             msg = f"{self.type} field needs a number, got {value!r}"
-            raise ValueError(msg)
+            raise ValueError(msg)  # noqa: TRY004 - a refused value, not a programming error
         if self.type in _FLOAT_CODES:
-            prefix = "<" if self.byte_order == "little" else ">"
-            try:
-                return struct.pack(prefix + _FLOAT_CODES[self.type][0], float(value))
-            except (OverflowError, struct.error) as exc:
-                msg = f"{value!r} does not fit {self.type}"
-                raise ValueError(msg) from exc
+            return self._encode_float(float(value))
+        return self._encode_int(value)
+
+    def _encode_bool(self, value: Value) -> bytes:
+        if value not in (True, False) or not isinstance(value, bool | int):
+            msg = f"bool field needs true/false, got {value!r}"
+            raise ValueError(msg)
+        return bytes([(1 << self.bit) if (value and self.bit is not None) else int(value)])
+
+    def _encode_float(self, value: float) -> bytes:
+        prefix = "<" if self.byte_order == "little" else ">"
+        try:
+            return struct.pack(prefix + _FLOAT_CODES[self.type][0], value)
+        except (OverflowError, struct.error) as exc:
+            msg = f"{value!r} does not fit {self.type}"
+            raise ValueError(msg) from exc
+
+    def _encode_int(self, value: float) -> bytes:
         number = round(value)
         if number != value:
             msg = f"{self.type} field needs a whole number, got {value!r}"
             raise ValueError(msg)
+        size = _INT_SIZES[self.type[1:]]
         try:
-            return int(number).to_bytes(
-                _INT_SIZES[self.type[1:]], self.byte_order, signed=self.type.startswith("s")
-            )
+            return number.to_bytes(size, self.byte_order, signed=self.type.startswith("s"))
         except OverflowError as exc:
             msg = f"{value!r} is out of range for {self.type}"
             raise ValueError(msg) from exc
