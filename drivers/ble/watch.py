@@ -27,6 +27,7 @@ __all__ = ["DeviceWatch"]
 log = logging.getLogger(__name__)
 
 _DROPPED = object()
+_INBOX_SIZE = 256
 
 
 class DeviceWatch:
@@ -58,7 +59,7 @@ class DeviceWatch:
                 self._notifying.setdefault(point.characteristic, []).append(point)
         self._complaints = complaints
         self._decoder = AdvertDecoder(device, self._advertised, complaints)
-        self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._inbox: asyncio.Queue[object] = asyncio.Queue(_INBOX_SIZE)
         self._link = contextlib.AsyncExitStack()
         self._held_since: float | None = None
         self._last_heard = 0.0
@@ -73,7 +74,7 @@ class DeviceWatch:
         with contextlib.ExitStack() as listening:
             if self._advertised:
                 listening.enter_context(
-                    self._manager.sightings.subscribe(self._device.address, self._inbox.put_nowait)
+                    self._manager.sightings.subscribe(self._device.address, self._offer)
                 )
             try:
                 while True:
@@ -95,7 +96,7 @@ class DeviceWatch:
             self._manager.connection(
                 address,
                 notify=handlers,
-                on_drop=lambda: self._inbox.put_nowait(_DROPPED),
+                on_drop=lambda: self._offer(_DROPPED),
                 slot_wait_s=None,  # waiting for one's turn is not a failure
             )
         )
@@ -103,9 +104,15 @@ class DeviceWatch:
 
     def _notification(self, uuid: str) -> NotifyHandler:
         def deliver(data: bytes) -> None:
-            self._inbox.put_nowait((uuid, data))
+            self._offer((uuid, data))
 
         return deliver
+
+    def _offer(self, item: object) -> None:
+        """Queue an item from a callback; while nobody drains the inbox, keep the newest."""
+        if self._inbox.full():
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(item)
 
     async def _release_link(self) -> None:
         await self._link.aclose()

@@ -6,6 +6,7 @@ import asyncio
 import struct
 
 import pytest
+from bleak.exc import BleakError
 
 from gatewayd.errors import WriteRejected
 from tests.drivers.ble.bumble_backend import Peripheral, ad_structure
@@ -247,3 +248,29 @@ async def test_absent_device_does_not_delay_the_others(world, adapter):
         # the polled device keeps its pace while the ghosts keep failing
         count = len(sink.values("polled", "temperature"))
         await sink.until(lambda: len(sink.values("polled", "temperature")) >= count + 5, 5)
+
+
+async def test_adapter_loss_ends_the_session_and_the_runner_reopens_it(world, adapter):
+    scanner, client = adapter
+
+    class Flaky(scanner):  # type: ignore[misc, valid-type]
+        broken = False
+
+        async def start(self) -> None:
+            if Flaky.broken:
+                raise BleakError("adapter hci0 vanished")
+            await super().start()
+
+    sensor = await gatt_sensor(world, "F0:00:00:00:00:02")
+    device = gatt_device("F0:00:00:00:00:02")
+    del device["points"]["temperature"]  # type: ignore[attr-defined]  # polled setpoint only
+    config = connection({"thermo": device})
+    async with running(config, (Flaky, client)) as (runner, sink, _driver):
+        await sink.until(lambda: sink.values("thermo", "setpoint"))
+        Flaky.broken = True  # the next connect pauses the scan, which cannot resume
+        await sink.until(lambda: not runner.connected)
+        count = len(sink.values("thermo", "setpoint"))
+        Flaky.broken = False
+        await sink.until(lambda: len(sink.values("thermo", "setpoint")) > count)
+        assert runner.connected
+    assert sensor.connect_count >= 2
