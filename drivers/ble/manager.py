@@ -22,6 +22,7 @@ from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
 from bleak.exc import BleakError
 
+from drivers.ble.cancel import raise_lost_cancel
 from drivers.ble.config import BleConnection
 from drivers.ble.sightings import Discovered, Sighting, Sightings
 from drivers.ble.slots import SlotPool
@@ -88,6 +89,7 @@ class BleManager:
         self._scanning = False
         self._scan_began = 0.0
         self._scan_paused = asyncio.Event()
+        self._stopping = False
         self._links: dict[str, Link] = {}
         self._retry: dict[str, _Retry] = {}
         self.connects = 0
@@ -107,13 +109,22 @@ class BleManager:
         self._scan_began = asyncio.get_running_loop().time()
 
     async def run(self) -> None:
-        """Resume scanning after every connect; ends only with the adapter (ConnectionLost)."""
-        while True:
+        """Resume scanning after every connect, until `stop()`.
+
+        Raises:
+            ConnectionLost: scanning cannot resume: the adapter is gone.
+        """
+        while not self._stopping:
             await self._scan_paused.wait()
             async with self._radio:
                 self._scan_paused.clear()
-                if not self._scanning:
+                if not self._scanning and not self._stopping:
                     await self._start_scan()
+
+    def stop(self) -> None:
+        """End `run()`, even if a radio library swallowed its cancellation."""
+        self._stopping = True
+        self._scan_paused.set()
 
     async def close(self) -> None:
         """Disconnect every device and stop scanning; never raises for the radio's sake."""
@@ -271,6 +282,7 @@ class BleManager:
                 )
                 async with asyncio.timeout(self.config.connect_timeout_s + 1.0):
                     await client.connect()
+                    raise_lost_cancel()
             self.connects += 1
             link.client = client
             link.enabled = set()
@@ -298,6 +310,7 @@ class BleManager:
             try:
                 async with asyncio.timeout(self.config.io_timeout_s):
                     await client.start_notify(uuid, deliver)
+                    raise_lost_cancel()
             except (BleakError, TimeoutError) as exc:
                 await self._disconnect(link)
                 msg = f"{link.address}: cannot enable notifications of {uuid}: {exc}"

@@ -13,6 +13,7 @@ from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
 from bleak.exc import BleakCharacteristicNotFoundError, BleakError, BleakGATTProtocolError
 
+from drivers.ble.cancel import raise_lost_cancel
 from drivers.ble.config import BleConnection, BleDevice, BlePoint
 from drivers.ble.decode import Complaints, decode_advertised, decode_gatt
 from drivers.ble.manager import BleManager
@@ -64,6 +65,7 @@ class BleSession:
                 try:
                     async with asyncio.timeout(self._config.io_timeout_s):
                         data = bytes(await client.read_gatt_char(uuid))
+                        raise_lost_cancel()
                 except BleakCharacteristicNotFoundError:
                     msg = f"{device.id}: characteristic {uuid} not found on the device"
                     raise DeviceUnavailable(msg) from None
@@ -105,6 +107,7 @@ class BleSession:
                     await client.write_gatt_char(
                         point.characteristic, data, response=point.write_response
                     )
+                    raise_lost_cancel()
             except BleakGATTProtocolError as exc:
                 msg = f"{device.id}/{point.id}: the device refused {value!r}: {exc}"
                 raise WriteRejected(msg) from exc
@@ -166,6 +169,7 @@ class BleDriver:
                 finally:
                     self._session = None
                     keeper.cancel()
+                    manager.stop()
         finally:
             await manager.close()
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
+from drivers.ble.cancel import raise_lost_cancel
 from drivers.ble.config import BleConnection, BleDevice, BlePoint
 from drivers.ble.decode import AdvertDecoder, Complaints, decode_gatt
 from drivers.ble.manager import BleManager, NotifyHandler
@@ -78,6 +79,7 @@ class DeviceWatch:
                 )
             try:
                 while True:
+                    raise_lost_cancel()
                     await self._hold_link()
                     item = await self._next()
                     for sample in await self._handle(item):
@@ -135,8 +137,8 @@ class DeviceWatch:
             return None
 
     async def _handle(self, item: object | None) -> list[Sample]:
+        await self._deadline()  # even while items keep coming: a busy stream still takes turns
         if item is None:
-            await self._deadline()
             return []
         if item is _DROPPED:
             await self._release_link()
