@@ -45,7 +45,7 @@ class BlePoint(PointConfig):
         description=(
             "bthome: a BTHome v2 measurement; manufacturer / service_data: a field of the "
             "advertised data; rssi / last_seen: signal strength / time of the latest "
-            "advertisement; gatt: a characteristic, read on connect."
+            "advertisement; gatt: a characteristic value, polled or notified."
         )
     )
     measurement: str | None = Field(
