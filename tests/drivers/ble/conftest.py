@@ -14,7 +14,7 @@ from gatewayd.backoff import Backoff
 from gatewayd.bridge.runner import ConnectionRunner, RunnerLimits
 from gatewayd.health import Component
 from gatewayd.model import Reading, Value
-from tests.drivers.ble.bumble_backend import World
+from tests.drivers.ble.radio import World
 
 
 class RecordingSink:

@@ -9,8 +9,8 @@ import pytest
 from bleak.exc import BleakError
 
 from gatewayd.errors import WriteRejected
-from tests.drivers.ble.bumble_backend import Peripheral, ad_structure
 from tests.drivers.ble.conftest import connection, running
+from tests.drivers.ble.radio import Peripheral, ad_structure
 
 SERVICE = "a5e1f000-0000-4000-8000-00000000abcd"
 TEMP = "a5e1f001-0000-4000-8000-00000000abcd"
@@ -119,12 +119,12 @@ async def test_gatt_notifications_resume_after_the_peripheral_drops_the_link(wor
     config = connection({"thermo": gatt_device("F0:00:00:00:00:02")})
     async with running(config, adapter) as (_, sink, _driver):
         await notify_until(sensor, 21.25, lambda: 21.25 in sink.values("thermo", "temperature"))
-        assert sensor.connect_count == 1
+        before = sensor.connect_count
 
         await sensor.drop_links()
-        await sink.until(lambda: sensor.connect_count == 2)  # rescanned and reconnected
+        await sink.until(lambda: sensor.connect_count == before + 1)  # rescanned, reconnected
         await notify_until(sensor, 23.5, lambda: 23.5 in sink.values("thermo", "temperature"))
-        assert sensor.connect_count == 2
+        assert sensor.connect_count == before + 1  # one reconnect, notifications re-enabled
 
 
 async def test_write_changes_the_characteristic_and_reads_back(world, adapter):

@@ -11,8 +11,8 @@ from bleak.exc import BleakError
 
 from drivers.ble import BleDriver
 from gatewayd.errors import DeviceUnavailable
-from tests.drivers.ble.bumble_backend import Peripheral, ad_structure
 from tests.drivers.ble.conftest import connection
+from tests.drivers.ble.radio import Peripheral, ad_structure
 
 
 async def test_discovery_lists_devices_nobody_manages(world, adapter):
