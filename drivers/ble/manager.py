@@ -78,7 +78,8 @@ class BleManager:
         client_backend: type[BaseBleakClient] | None = None,
     ) -> None:
         self.config = config
-        self.sightings = Sightings()
+        longest_silence = max((d.offline_after_s for d in config.devices.values()), default=0.0)
+        self.sightings = Sightings(forget_after_s=max(600.0, 2 * longest_silence))
         self.slots = SlotPool(config.slots)
         self._client_backend = client_backend
         self._scanner = BleakScanner(

@@ -46,9 +46,16 @@ class Discovered:
 
 
 class Sightings:
-    """The latest advertisement of every address heard, with waiters and subscribers."""
+    """The latest advertisement of every address heard, with waiters and subscribers.
 
-    def __init__(self) -> None:
+    Args:
+        forget_after_s: addresses silent this long are dropped, so a busy place full of
+            phones with rotating random addresses does not grow the table without end.
+    """
+
+    def __init__(self, forget_after_s: float = 600.0) -> None:
+        self._forget_after_s = forget_after_s
+        self._next_prune = 0.0
         self._latest: dict[str, Sighting] = {}
         self._waiters: dict[str, set[asyncio.Future[Sighting]]] = {}
         self._listeners: dict[str, set[Callable[[Sighting], None]]] = {}
@@ -59,11 +66,22 @@ class Sightings:
         sighting = Sighting(device, advertisement, datetime.now(UTC), loop.time())
         address = sighting.address
         self._latest[address] = sighting
+        if sighting.mono >= self._next_prune:
+            self._prune(sighting.mono)
         for waiter in self._waiters.pop(address, set()):
             if not waiter.done():
                 waiter.set_result(sighting)
         for listener in list(self._listeners.get(address, ())):
             listener(sighting)
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self._forget_after_s
+        for address in [a for a, s in self._latest.items() if s.mono < horizon]:
+            del self._latest[address]
+        self._next_prune = now + self._forget_after_s / 10
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
     def latest(self, address: str) -> Sighting | None:
         """The newest sighting of an address, if any."""

@@ -15,7 +15,7 @@ from drivers.ble import bthome
 from drivers.ble.config import BleConnection, BlePoint, normalise_uuid
 from drivers.ble.decode import AdvertDecoder, Complaints
 from drivers.ble.fields import FieldSpec
-from drivers.ble.sightings import Sighting
+from drivers.ble.sightings import Sighting, Sightings
 from drivers.ble.slots import SlotPool
 
 
@@ -233,3 +233,15 @@ async def test_slots_are_handed_over_first_come_first_served():
     assert pool.waiting == 0
     pool.release()
     assert pool.in_use == 0
+
+
+async def test_sightings_forget_addresses_that_fell_silent():
+    sightings = Sightings(forget_after_s=0.05)
+    adv = AdvertisementData(None, {}, {}, [], None, -70, ())
+    for i in range(50):  # phones rotating their random addresses
+        sightings.heard(BLEDevice(f"4A:00:00:00:00:{i:02X}", None, None), adv)
+    assert len(sightings) == 50
+    await asyncio.sleep(0.06)
+    sightings.heard(BLEDevice("4A:00:00:00:01:00", None, None), adv)
+    assert len(sightings) == 1
+    assert sightings.latest("4a:00:00:00:01:00") is not None
