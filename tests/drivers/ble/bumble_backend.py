@@ -19,9 +19,10 @@ from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
-from bleak.exc import BleakError
+from bleak.exc import BleakError, BleakGATTProtocolError
 from bleak.uuids import normalize_uuid_str
 from bumble import core, hci
+from bumble.att import ATT_Error
 from bumble.controller import Controller
 from bumble.device import Advertisement, Connection, Device, Peer
 from bumble.gatt import Characteristic
@@ -278,6 +279,8 @@ class BumbleClient(BaseBleakClient):
     ) -> bytearray:
         try:
             return bytearray(await self._require_peer().read_value(characteristic.obj))
+        except ATT_Error as exc:  # the peripheral answered with an ATT error
+            raise BleakGATTProtocolError(exc.error_code) from exc
         except core.BaseBumbleError as exc:
             raise BleakError(f"read {characteristic.uuid} failed: {exc!r}") from exc
 
@@ -293,6 +296,8 @@ class BumbleClient(BaseBleakClient):
             await self._require_peer().write_value(
                 characteristic.obj, bytes(data), with_response=response
             )
+        except ATT_Error as exc:  # the peripheral answered with an ATT error
+            raise BleakGATTProtocolError(exc.error_code) from exc
         except core.BaseBumbleError as exc:
             raise BleakError(f"write {characteristic.uuid} failed: {exc!r}") from exc
 

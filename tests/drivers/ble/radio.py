@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from bleak.backends.client import BaseBleakClient
@@ -83,8 +84,9 @@ class Peripheral:
         notify: bool = False,
         write: bool = False,
         write_without_response: bool = False,
+        refuse: Callable[[bytes], bool] = lambda _data: False,
     ) -> None:
-        """Declare one characteristic (call before `start`)."""
+        """Declare one characteristic (call before `start`); `refuse` vetoes writes."""
         props = Characteristic.Properties(0)
         if read:
             props |= Characteristic.Properties.READ
@@ -102,6 +104,8 @@ class Peripheral:
             return self.values[uuid]
 
         def on_write(_connection: Any, data: bytes) -> None:
+            if refuse(bytes(data)):
+                raise ATT_Error(ErrorCode.VALUE_NOT_ALLOWED)
             self.values[uuid] = bytes(data)
             self.writes.append((uuid, bytes(data)))
 

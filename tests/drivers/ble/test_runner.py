@@ -70,7 +70,13 @@ async def gatt_sensor(world, address: str, temperature: float = 20.0) -> Periphe
     sensor.add_characteristic(
         SERVICE, TEMP, struct.pack("<h", round(temperature * 100)), notify=True
     )
-    sensor.add_characteristic(SERVICE, SETPOINT, struct.pack("<h", 200), write=True)
+    sensor.add_characteristic(
+        SERVICE,
+        SETPOINT,
+        struct.pack("<h", 200),
+        write=True,
+        refuse=lambda data: struct.unpack("<h", data)[0] > 300,  # above 30 °C
+    )
     sensor.add_characteristic(SERVICE, COMMAND, b"\x00", read=False, write_without_response=True)
     await sensor.start()
     return sensor
@@ -155,7 +161,12 @@ async def test_write_changes_the_characteristic_and_reads_back(world, adapter):
 
         with pytest.raises(WriteRejected, match="out of range for s16"):
             await runner.write("thermo", "setpoint", 40000)
+        with pytest.raises(WriteRejected, match="the device refused 350"):
+            await runner.write("thermo", "setpoint", 350)
+        with pytest.raises(WriteRejected, match="thermo/temperature is not writable"):
+            await runner.write("thermo", "temperature", 1)
         assert sensor.values[SETPOINT] == struct.pack("<h", 225)
+        assert sink.up("thermo") is True  # refusals are answers, not outages
 
 
 async def test_more_notifying_devices_than_slots_take_turns(world, adapter):
