@@ -46,7 +46,8 @@ class Link:
     subscriptions: dict[str, NotifyHandler] = field(default_factory=dict)
     enabled: set[str] = field(default_factory=set)
     on_drop: set[Callable[[], None]] = field(default_factory=set)
-    left_at: float = float("-inf")
+    left_at: float = float("-inf")  # loop time the last link ended
+    tried_at: float = float("-inf")  # loop time of the last connect attempt
     has_slot: bool = False
 
     @property
@@ -238,16 +239,17 @@ class BleManager:
         address = link.address
         wait = self.retry_in(address)
         if wait > 0:
-            msg = f"{address}: connect failed recently; next attempt in {wait:.1f} s"
+            msg = f"{address}: backing off after a failed attempt; next in {wait:.1f} s"
             raise DeviceUnavailable(msg)
-        # Rescan before (re)connecting: wait for an advertisement newer than the last link,
-        # until scan_timeout_s after that link ended (or after scanning began). The deadline
-        # is absolute, so a device that stays absent costs the wait once, not every attempt.
+        # Rescan before (re)connecting: only an advertisement heard after the last link and
+        # the last attempt counts, so a connect never goes to a device that has left. It is
+        # awaited until scan_timeout_s after the last link ended (or scanning began): an
+        # absolute deadline, so a device that stays away costs the wait once, not per retry.
         loop = asyncio.get_running_loop()
         deadline = max(self._scan_began, link.left_at) + self.config.scan_timeout_s
         try:
             sighting = await self.sightings.fresh(
-                address, link.left_at, max(0.0, deadline - loop.time())
+                address, max(link.left_at, link.tried_at), max(0.0, deadline - loop.time())
             )
         except TimeoutError:
             self._failed(address)
@@ -259,6 +261,7 @@ class BleManager:
             msg = f"{address}: all {self.slots.size} connection slots stayed busy"
             raise DeviceUnavailable(msg) from None
         link.has_slot = True
+        link.tried_at = loop.time()
         try:
             await self._open(link, sighting)
         except BaseException:

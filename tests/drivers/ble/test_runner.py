@@ -8,7 +8,7 @@ import struct
 import pytest
 from bleak.exc import BleakError
 
-from gatewayd.errors import WriteRejected
+from gatewayd.errors import DeviceUnavailable, WriteRejected
 from tests.drivers.ble.conftest import connection, running
 from tests.drivers.ble.radio import Peripheral, ad_structure
 
@@ -285,3 +285,31 @@ async def test_adapter_loss_ends_the_session_and_the_runner_reopens_it(world, ad
         await sink.until(lambda: len(sink.values("thermo", "setpoint")) > count)
         assert runner.connected
     assert sensor.connect_count >= 2
+
+
+async def test_a_device_that_left_is_not_connected_to_until_heard_again(world, adapter):
+    sensor = await gatt_sensor(world, "F0:00:00:00:00:03", temperature=30.0)
+    device = gatt_device("F0:00:00:00:00:03")
+    device["points"]["temperature"]["notify"] = False  # type: ignore[index]
+    config = connection({"polled": device})
+    async with running(config, adapter) as (runner, sink, _driver):
+        await sink.until(lambda: sink.values("polled", "temperature"))
+        await sensor.device.stop_advertising()  # gone (it advertises only when not connected)
+        await sink.until(lambda: sink.up("polled") is False, timeout_s=5)
+        # At most one attempt went to an advertisement heard just before it left; after
+        # that, attempts need a newer one and fail at once instead of trying to connect.
+        messages: list[str] = []
+        async with asyncio.timeout(5):
+            while not any("not advertising" in m for m in messages):
+                try:
+                    await runner.read("polled", ["temperature"])
+                except DeviceUnavailable as exc:
+                    messages.append(str(exc))
+                await asyncio.sleep(0.05)
+        assert not any("connect failed:" in m for m in messages), messages
+        connects = sensor.connect_count
+        count = len(sink.values("polled", "temperature"))
+        await sensor.set_advertising_data(ad_structure(0x09, b"thermo"))  # back
+        await sink.until(lambda: len(sink.values("polled", "temperature")) > count, timeout_s=5)
+        assert sink.up("polled") is True
+        assert sensor.connect_count > connects
