@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers import memory, serial
+from drivers import ble, memory, serial
 from gatewayd.driver import DriverSpec
 
 __all__ = ["BUILTIN", "spec_for"]
 
-BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (memory.SPEC, serial.SPEC)
+BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (memory.SPEC, serial.SPEC, ble.SPEC)
 
 
 def spec_for(kind: str) -> DriverSpec[Any, Any, Any]:
