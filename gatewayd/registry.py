@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers import memory
+from drivers import memory, modbus
 from gatewayd.driver import DriverSpec
 
 __all__ = ["BUILTIN", "spec_for"]
 
-BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (memory.SPEC,)
+BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (
+    memory.SPEC,
+    modbus.SPEC,
+    modbus.RTU_SPEC,
+    modbus.RTU_TCP_SPEC,
+)
 
 
 def spec_for(kind: str) -> DriverSpec[Any, Any, Any]:
