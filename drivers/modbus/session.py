@@ -46,6 +46,8 @@ EXCEPTION_NAMES = {
 # Exception codes that mean "not now" rather than "no": a write answered with one of these
 # was not refused by the device and may be retried.
 _BUSY_CODES = frozenset({5, 6, 10, 11})
+# A TCP gateway answers these for a unit behind it that is absent or silent.
+_GATEWAY_CODES = frozenset({10, 11})
 
 
 class ModbusSession:
@@ -63,12 +65,12 @@ class ModbusSession:
         self.requests = 0
 
     async def read(self, device: ModbusDevice, points: Sequence[ModbusPoint]) -> list[Sample]:
-        """Read the points with as few requests as the device's limits allow."""
+        """Read the points with as few requests as the limits allow; samples in `points` order."""
         key = (device.id, tuple(p.id for p in points))
         blocks = self._plans.get(key)
         if blocks is None:
             blocks = self._plans[key] = plan_reads(device, points)
-        samples: list[Sample] = []
+        samples: dict[str, Sample] = {}
         for block in blocks:
             data = await self._read_block(device, block)
             at = datetime.now(UTC)
@@ -78,8 +80,8 @@ class ModbusSession:
                     value: Value = bool(data[offset])
                 else:
                     value = decode(point, data[offset : offset + point.span])
-                samples.append(Sample(point=point.id, value=value, at=at))
-        return samples
+                samples[point.id] = Sample(point=point.id, value=value, at=at)
+        return [samples[p.id] for p in points]
 
     async def write(self, device: ModbusDevice, point: ModbusPoint, value: Value) -> None:
         """Write one raw value: FC 5 for a coil, FC 6 for one register, FC 16 for more.
@@ -127,7 +129,10 @@ class ModbusSession:
     async def scan(
         self, unit_ids: Iterable[int], *, address: int = 0, timeout_s: float = 0.2
     ) -> list[int]:
-        """Unit ids that answer a one-register holding read (an exception reply counts).
+        """Unit ids that answer a one-register holding read.
+
+        An exception reply counts (a device is there but has no register at `address`),
+        except the gateway codes 10 and 11, which a TCP gateway sends for an absent unit.
 
         For discovery on a bus: each silent id costs `timeout_s` of bus time.
         """
@@ -136,8 +141,9 @@ class ModbusSession:
             probe = ModbusDevice(id=f"unit-{unit}", unit_id=unit, timeout_s=timeout_s)
             try:
                 await self._read_block(probe, Block("holding", address, 1, ()))
-            except ExceptionReply:
-                found.append(unit)
+            except ExceptionReply as exc:
+                if exc.code not in _GATEWAY_CODES:
+                    found.append(unit)
             except ConnectionLost:
                 raise
             except DeviceUnavailable:

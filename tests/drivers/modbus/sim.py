@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from tests.helpers import async_wait_for
-
 
 @dataclass
 class Requests:
@@ -28,11 +25,22 @@ class Requests:
 
     seen: list[tuple[int, int, int, int]] = field(default_factory=list)  # unit, fc, addr, count
     refuse: dict[tuple[int, int], ExcCodes] = field(default_factory=dict)  # (unit, fc) -> code
+    silent: set[int] = field(default_factory=set)  # units whose replies are never sent
+
+    def drop_silent(self, unit_at: int) -> Any:
+        """A server trace_packet that swallows replies of silent units (a dead slave)."""
+
+        def trace(sending: bool, data: bytes) -> bytes:
+            if sending and len(data) > unit_at and data[unit_at] in self.silent:
+                return b""
+            return data
+
+        return trace
 
     def count(self, unit: int, fc: int | None = None) -> int:
         return sum(1 for u, f, _, _ in self.seen if u == unit and (fc is None or f == fc))
 
-    async def action(
+    async def action(  # noqa: PLR0917 - pymodbus calls it positionally
         self,
         unit: int,
         function_code: int,
@@ -71,8 +79,11 @@ def split_device(unit: int, requests: Requests, size: int = 200) -> SimDevice:
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(devices: list[SimDevice], port: int) -> AsyncIterator[Any]:
-    server = ModbusTcpServer(devices, address=("127.0.0.1", port), ignore_missing_devices=True)
+async def tcp_server(
+    devices: list[SimDevice], port: int, requests: Requests | None = None
+) -> AsyncIterator[Any]:
+    trace = requests.drop_silent(6) if requests else None
+    server = ModbusTcpServer(devices, address=("127.0.0.1", port), trace_packet=trace)
     await server.serve_forever(background=True)
     try:
         yield server
@@ -95,8 +106,6 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        import time
-
         deadline = time.monotonic() + 5
         while not (a.exists() and b.exists()):
             assert proc.poll() is None, "socat exited"
@@ -111,33 +120,19 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
             proc.kill()
             proc.wait()
         for link in (a, b):
-            with contextlib.suppress(OSError):
-                os.unlink(link)
+            link.unlink(missing_ok=True)
 
 
 @contextlib.asynccontextmanager
-async def rtu_server(devices: list[SimDevice], port: str) -> AsyncIterator[Any]:
+async def rtu_server(
+    devices: list[SimDevice], port: str, requests: Requests | None = None
+) -> AsyncIterator[Any]:
+    trace = requests.drop_silent(0) if requests else None
     server = ModbusSerialServer(
-        devices, framer=FramerType.RTU, port=port, ignore_missing_devices=True, baudrate=115200
+        devices, framer=FramerType.RTU, port=port, baudrate=115200, trace_packet=trace
     )
     await server.serve_forever(background=True)
     try:
         yield server
     finally:
         await server.shutdown()  # type: ignore[no-untyped-call]
-
-
-async def wait_listening(port: int) -> None:
-    async def ok() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        await writer.wait_closed()
-        return True
-
-    async with asyncio.timeout(5):
-        while not await ok():
-            await asyncio.sleep(0.02)
-    del async_wait_for
