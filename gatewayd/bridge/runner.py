@@ -157,9 +157,27 @@ class ConnectionRunner:
 
     async def _session(self) -> None:
         try:
+            await self._serve_session()
+        except TransientError as exc:
+            await self._links_follow(exc)
+            raise
+
+    async def _links_follow(self, exc: Exception | None) -> None:
+        """Devices with no points (an RS-485 converter) are up exactly when the link is."""
+        for device in self._devices.values():
+            if not device.points:
+                if exc is None:
+                    await self._device_ok(device)
+                elif self._state[device.id].up is not False:
+                    self._state[device.id].up = False
+                    await self._sink.availability(self.id, device.id, False, str(exc))
+
+    async def _serve_session(self) -> None:
+        try:
             async with self._driver.connect() as session:
                 self._queue = asyncio.PriorityQueue(self._limits.queue_size)
                 self._component.up()
+                await self._links_follow(None)
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._worker(session), name=f"connection[{self.id}].worker")
