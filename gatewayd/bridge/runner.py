@@ -157,27 +157,23 @@ class ConnectionRunner:
 
     async def _session(self) -> None:
         try:
-            await self._serve_session()
+            await self._open_session()
         except TransientError as exc:
-            await self._links_follow(exc)
+            await self._connection_failed(exc)
             raise
 
-    async def _links_follow(self, exc: Exception | None) -> None:
+    async def _links_up(self) -> None:
         """Devices with no points (an RS-485 converter) are up exactly when the link is."""
         for device in self._devices.values():
             if not device.points:
-                if exc is None:
-                    await self._device_ok(device)
-                elif self._state[device.id].up is not False:
-                    self._state[device.id].up = False
-                    await self._sink.availability(self.id, device.id, False, str(exc))
+                await self._device_ok(device)
 
-    async def _serve_session(self) -> None:
+    async def _open_session(self) -> None:
         try:
             async with self._driver.connect() as session:
                 self._queue = asyncio.PriorityQueue(self._limits.queue_size)
                 self._component.up()
-                await self._links_follow(None)
+                await self._links_up()
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._worker(session), name=f"connection[{self.id}].worker")
@@ -352,6 +348,18 @@ class ConnectionRunner:
             state.up = False
             log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
             await self._sink.availability(self.id, device.id, False, str(exc))
+
+    async def _connection_failed(self, exc: TransientError) -> None:
+        """The resource is gone or cannot be opened: every device on it is unavailable.
+
+        Not counted towards the circuit breaker: reopening the resource is the backoff's job.
+        """
+        for device in self._devices.values():
+            state = self._state[device.id]
+            if state.up is not False:
+                state.up = False
+                log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
+                await self._sink.availability(self.id, device.id, False, str(exc))
 
     def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, _Job]]) -> None:
         while not queue.empty():

@@ -80,10 +80,16 @@ def split_device(unit: int, requests: Requests, size: int = 200) -> SimDevice:
 
 @contextlib.asynccontextmanager
 async def tcp_server(
-    devices: list[SimDevice], port: int, requests: Requests | None = None
+    devices: list[SimDevice], port: int, requests: Requests | None = None, *, rtu: bool = False
 ) -> AsyncIterator[Any]:
-    trace = requests.drop_silent(6) if requests else None
-    server = ModbusTcpServer(devices, address=("127.0.0.1", port), trace_packet=trace)
+    """A Modbus TCP server; with `rtu`, a converter speaking RTU frames over TCP."""
+    trace = requests.drop_silent(0 if rtu else 6) if requests else None
+    server = ModbusTcpServer(
+        devices,
+        address=("127.0.0.1", port),
+        framer=FramerType.RTU if rtu else FramerType.SOCKET,
+        trace_packet=trace,
+    )
     await server.serve_forever(background=True)
     try:
         yield server

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.drivers.modbus.harness import CountingSink, connection, running
-from tests.drivers.modbus.sim import Requests, pty_pair, rtu_server, split_device
-from tests.helpers import async_wait_for
+from tests.drivers.modbus.sim import Requests, pty_pair, rtu_server, split_device, tcp_server
+from tests.helpers import async_wait_for, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,3 +92,34 @@ async def test_dead_unit_on_a_shared_bus_costs_bounded_time(tmp_path):
     # Without the breaker the dead unit would take 2 requests every 0.25 s: 32 in 4 s.
     # With it: at most the first 2 failed polls (2 tries each) and then one probe per pause.
     assert dead_requests <= 10, dead_requests
+
+
+async def test_rtu_over_tcp_converter_with_a_silent_unit():
+    req = Requests()
+    req.silent.add(9)
+    port = free_port()
+    config = connection(
+        {
+            "driver": "modbus-rtu-tcp",
+            "host": "127.0.0.1",
+            "port": port,
+            "timeout_s": 0.1,
+            "devices": {
+                "conv": {},
+                "a": {"parent": "conv", "unit_id": 2, "interval_s": 0.05,
+                      "points": {"v": {"address": 3, "type": "int32"}}},
+                "dead": {"parent": "conv", "unit_id": 9, "interval_s": 0.05,
+                         "points": {"v": {"address": 0}}},
+            },
+        }
+    )  # fmt: skip
+    sink = CountingSink()
+    async with tcp_server([split_device(2, req), split_device(9, req)], port, req, rtu=True) as srv:
+        await srv.context.async_setValues(2, 16, 3, [0xFFFF, 0xFFFE])
+        async with running(config, sink) as runner:
+            await async_wait_for(lambda: ("c", "dead") in sink.devices, 5, "dead unit noticed")
+            await async_wait_for(lambda: sink.value("a", "v") == -2, 5, "value over RTU/TCP")
+            assert sink.devices[("c", "conv")] == (True, "")
+            assert sink.devices[("c", "a")] == (True, "")
+            assert sink.devices[("c", "dead")][0] is False
+            assert runner.connected  # a silent unit does not drop the converter's socket

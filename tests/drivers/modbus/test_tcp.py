@@ -203,8 +203,19 @@ async def test_unit_scan_finds_the_units_that_answer():
 
 
 async def test_connection_refused_then_server_appears():
+    """And a device with no points (a converter) is up exactly while the link is."""
     port, req = free_port(), Requests()
-    config = _config(port)
+    config = connection(
+        {
+            "driver": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": port,
+            "devices": {
+                "gw": {"name": "converter"},
+                "meter": {"parent": "gw", "interval_s": 0.05, "points": POINTS},
+            },
+        }
+    )
     sink = CountingSink()
     runner = ConnectionRunner(
         "c", config, ModbusDriver(config), sink, Health().component("c"),
@@ -217,7 +228,10 @@ async def test_connection_refused_then_server_appears():
         async with tcp_server([split_device(1, req)], port) as server:
             await _load(server)
             await async_wait_for(lambda: "c/meter/voltage" in sink.values, 5, "values")
+            assert sink.devices[("c", "gw")] == (True, "")
         await async_wait_for(lambda: not runner.connected, 5, "connection lost noticed")
+        await async_wait_for(lambda: not sink.devices[("c", "gw")][0], 5, "converter down")
+        assert not sink.devices[("c", "meter")][0]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
