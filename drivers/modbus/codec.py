@@ -44,6 +44,8 @@ class CodecError(ValueError):
 def decode(point: ModbusPoint, registers: Sequence[int]) -> Value:
     """Decode the point's registers (exactly `point.span` of them, as read)."""
     kind = point.type
+    if kind == "uint16" and point.byte_order == "big":  # the common case, kept cheap
+        return registers[0]
     if kind == "bool":
         return registers[0] != 0
     if kind == "bit":

@@ -1,0 +1,1 @@
+"""Benchmarks: one module per topic, run with `python -m benchmarks NAME`."""

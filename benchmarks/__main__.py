@@ -1,0 +1,23 @@
+"""`python -m benchmarks NAME [ARGS]` runs benchmarks.NAME.main(ARGS); no NAME lists them."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    names = sorted(
+        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name[0] != "_"
+    )
+    if len(sys.argv) < 2 or sys.argv[1] not in names:
+        print("usage: python -m benchmarks NAME [ARGS]\navailable: " + ", ".join(names))
+        return 2
+    module = importlib.import_module(f"benchmarks.{sys.argv[1]}")
+    return int(module.main(sys.argv[2:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
