@@ -130,6 +130,15 @@ class ConnectionRunner:
         samples = await self._submit(_Job(Priority.READ, device, points))
         return self._normalise(device, samples)
 
+    async def write_confirmed(self, device_id: str, point_id: str, value: Value) -> Reading:
+        """Write, then read the point back: the reading is what the device now holds.
+
+        Report the returned reading, not `value`: a device may clamp or round what it got.
+        """
+        await self.write(device_id, point_id, value)
+        (reading,) = await self.read(device_id, [point_id])
+        return reading
+
     async def exclusive(
         self, device_id: str, call: Callable[[Session[Any, Any]], Awaitable[T]]
     ) -> T:

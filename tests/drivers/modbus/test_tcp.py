@@ -236,3 +236,16 @@ async def test_connection_refused_then_server_appears():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_write_confirmed_returns_the_read_back():
+    port, req = free_port(), Requests()
+    async with tcp_server([split_device(1, req)], port) as server:
+        await _load(server)
+        req.seen.clear()
+        async with running(_config(port, interval_s=30)) as runner:
+            reading = await runner.write_confirmed("meter", "counter", 99)
+    assert reading.value == 99
+    assert reading.ref.point == "counter"
+    write_at = req.seen.index((1, 16, 20, 2))
+    assert (1, 3, 20, 2) in req.seen[write_at + 1 :]  # the read-back came after the write
