@@ -46,6 +46,7 @@ EXCEPTION_NAMES = {
 # Exception codes that mean "not now" rather than "no": a write answered with one of these
 # was not refused by the device and may be retried.
 _BUSY_CODES = frozenset({5, 6, 10, 11})
+_PLAN_CACHE = 1024
 # A TCP gateway answers these for a unit behind it that is absent or silent.
 _GATEWAY_CODES = frozenset({10, 11})
 
@@ -69,7 +70,9 @@ class ModbusSession:
         key = (device.id, tuple(p.id for p in points))
         blocks = self._plans.get(key)
         if blocks is None:
-            blocks = self._plans[key] = plan_reads(device, points)
+            blocks = plan_reads(device, points)
+            if len(self._plans) < _PLAN_CACHE:  # polls repeat; ad-hoc reads may not
+                self._plans[key] = blocks
         samples: dict[str, Sample] = {}
         for block in blocks:
             data = await self._read_block(device, block)

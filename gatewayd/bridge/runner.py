@@ -12,11 +12,11 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, TypeVar
 
 from gatewayd.backoff import Backoff
 from gatewayd.bridge.breaker import Breaker
+from gatewayd.bridge.jobs import Job, Priority, phase, settle
 from gatewayd.bridge.limits import RunnerLimits
 from gatewayd.bridge.normalise import normalise, to_raw
 from gatewayd.bridge.sink import BridgeSink
@@ -33,29 +33,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Priority(IntEnum):
-    """Queue order: lower goes first."""
-
-    WRITE = 0
-    READ = 1
-    POLL = 2
-
-
 @dataclass(slots=True)
 class _DeviceState:
     breaker: Breaker
     up: bool | None = None
-
-
-@dataclass(slots=True)
-class _Job:
-    priority: Priority
-    device: DeviceConfig[Any]
-    points: Sequence[PointConfig]
-    value: Value | None = None
-    done: asyncio.Future[Any] | None = None
-    poll_key: tuple[str, float] | None = None
-    call: Callable[[Session[Any, Any]], Awaitable[Any]] | None = None
 
 
 class ConnectionRunner:
@@ -91,7 +72,7 @@ class ConnectionRunner:
         self._component = component
         self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
         self._limits = limits or RunnerLimits.from_config(config)
-        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] | None = None
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] | None = None
         self._seq = itertools.count()
         self._pending_polls: set[tuple[str, float]] = set()
         lim = self._limits
@@ -121,13 +102,13 @@ class ConnectionRunner:
         """
         device = self._devices[device_id]
         point = device.points[point_id]
-        await self._submit(_Job(Priority.WRITE, device, [point], to_raw(point, value)))
+        await self._submit(Job(Priority.WRITE, device, [point], to_raw(point, value)))
 
     async def read(self, device_id: str, point_ids: Sequence[str]) -> list[Reading]:
         """Read now, ahead of polls (a read-back after a write, a technician's request)."""
         device = self._devices[device_id]
         points = [device.points[p] for p in point_ids]
-        samples = await self._submit(_Job(Priority.READ, device, points))
+        samples = await self._submit(Job(Priority.READ, device, points))
         return self._normalise(device, samples)
 
     async def write_confirmed(self, device_id: str, point_id: str, value: Value) -> Reading:
@@ -144,14 +125,14 @@ class ConnectionRunner:
     ) -> T:
         """Run `call(session)` alone on the resource, ahead of polls (a unit scan, a probe).
 
-        The device only names whose retries and timeout bound apply; failures of the call
-        do not count against it.
+        `device_id` picks whose retries apply; a failed call does not count against that
+        device's availability or breaker.
         """
         device = self._devices[device_id]
-        result: T = await self._submit(_Job(Priority.READ, device, [], call=call))
+        result: T = await self._submit(Job(Priority.READ, device, [], call=call))
         return result
 
-    async def _submit(self, job: _Job) -> Any:
+    async def _submit(self, job: Job) -> Any:
         queue = self._queue
         if queue is None:
             msg = f"connection {self.id} is not connected"
@@ -226,6 +207,9 @@ class ConnectionRunner:
         loop = asyncio.get_running_loop()
         key = (device.id, interval)
         due = loop.time()
+        # The first poll goes out at once; the first step sets a phase spread by device, so
+        # many devices with one interval do not all hit the loop and the bus in one burst.
+        step = phase(f"{self.id}/{device.id}", interval)
         while True:
             queue = self._queue
             if queue is None:
@@ -239,13 +223,14 @@ class ConnectionRunner:
                         (
                             Priority.POLL,
                             next(self._seq),
-                            _Job(Priority.POLL, device, points, poll_key=key),
+                            Job(Priority.POLL, device, points, poll_key=key),
                         )
                     )
                 except asyncio.QueueFull:
                     self._pending_polls.discard(key)
                     self.polls_skipped += 1
-            due += interval
+            due += step
+            step = interval
             now = loop.time()
             due = max(due, now)
             await asyncio.sleep(due - now)
@@ -264,20 +249,20 @@ class ConnectionRunner:
             if gap:
                 await asyncio.sleep(gap)
 
-    async def _serve(self, session: Session[Any, Any], job: _Job) -> None:
+    async def _serve(self, session: Session[Any, Any], job: Job) -> None:
         device = job.device
         try:
             result = await self._with_retries(session, job)
         except ConnectionLost as exc:
-            _settle(job, exc)
+            settle(job, exc)
             raise
         except DeviceUnavailable as exc:
             if job.call is None:
                 await self._device_failed(device, exc)
-            _settle(job, exc)
+            settle(job, exc)
             return
         except Exception as exc:  # WriteRejected, or a bug: the caller decides
-            _settle(job, exc)
+            settle(job, exc)
             if job.done is None:
                 raise
             return
@@ -289,7 +274,7 @@ class ConnectionRunner:
         elif result:
             await self._sink.readings(self.id, device.id, self._normalise(device, result))
 
-    async def _with_retries(self, session: Session[Any, Any], job: _Job) -> Any:
+    async def _with_retries(self, session: Session[Any, Any], job: Job) -> Any:
         """Try a job `1 + retries` times while the device does not answer."""
         retries = getattr(job.device, "retries", None)
         attempts = 1 + (self._limits.retries if retries is None else int(retries))
@@ -302,7 +287,7 @@ class ConnectionRunner:
                 log.debug("%s/%s: retry %d: %s", self.id, job.device.id, attempt, exc)
         return await self._attempt(session, job)
 
-    async def _attempt(self, session: Session[Any, Any], job: _Job) -> Any:
+    async def _attempt(self, session: Session[Any, Any], job: Job) -> Any:
         """One try of a job, bounded; a timeout is the device not answering."""
         try:
             async with asyncio.timeout(self._limits.job_timeout_s):
@@ -370,15 +355,10 @@ class ConnectionRunner:
                 log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
                 await self._sink.availability(self.id, device.id, False, str(exc))
 
-    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, _Job]]) -> None:
+    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]]) -> None:
         while not queue.empty():
             _, _, job = queue.get_nowait()
-            _settle(job, DeviceUnavailable(f"connection {self.id} closed"))
-
-
-def _settle(job: _Job, exc: BaseException) -> None:
-    if job.done is not None and not job.done.done():
-        job.done.set_exception(exc)
+            settle(job, DeviceUnavailable(f"connection {self.id} closed"))
 
 
 def _first_transient(group: BaseExceptionGroup[Any]) -> BaseException:
