@@ -75,6 +75,7 @@ class ConnectionRunner:
         self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] | None = None
         self._seq = itertools.count()
         self._pending_polls: set[tuple[str, float]] = set()
+        self._owed_polls: set[tuple[str, float]] = set()
         lim = self._limits
         self._state = {
             k: _DeviceState(Breaker(lim.breaker_failures, lim.breaker)) for k in self._devices
@@ -173,6 +174,7 @@ class ConnectionRunner:
                     self._fail_waiting(self._queue)
                     self._queue = None
                     self._pending_polls.clear()
+                    self._owed_polls.clear()
         except BaseExceptionGroup as group:
             raise _first_transient(group) from None
 
@@ -215,7 +217,10 @@ class ConnectionRunner:
             if queue is None:
                 return
             if key in self._pending_polls:
-                self.polls_skipped += 1
+                # Still waiting from the last tick: owe one catch-up poll, never a backlog.
+                if key in self._owed_polls:
+                    self.polls_skipped += 1
+                self._owed_polls.add(key)
             elif self._state[device.id].breaker.allows(loop.time()):
                 self._pending_polls.add(key)
                 try:
@@ -246,8 +251,25 @@ class ConnectionRunner:
             finally:
                 if job.poll_key is not None:
                     self._pending_polls.discard(job.poll_key)
+                    self._catch_up(queue, job)
             if gap:
                 await asyncio.sleep(gap)
+
+    def _catch_up(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]], job: Job) -> None:
+        """Queue the poll a late tick owed, unless the device has just failed."""
+        key = job.poll_key
+        if key is None or key not in self._owed_polls:
+            return
+        self._owed_polls.discard(key)
+        if self._state[job.device.id].up is False:
+            self.polls_skipped += 1
+            return
+        try:
+            queue.put_nowait((Priority.POLL, next(self._seq), job))
+        except asyncio.QueueFull:
+            self.polls_skipped += 1
+            return
+        self._pending_polls.add(key)
 
     async def _serve(self, session: Session[Any, Any], job: Job) -> None:
         device = job.device

@@ -249,3 +249,40 @@ async def test_write_confirmed_returns_the_read_back():
     assert reading.ref.point == "counter"
     write_at = req.seen.index((1, 16, 20, 2))
     assert (1, 3, 20, 2) in req.seen[write_at + 1 :]  # the read-back came after the write
+
+
+async def test_a_slow_device_is_polled_back_to_back_not_backlogged():
+    """Replies slower than the interval: one owed poll catches up, nothing piles up."""
+    port, req = free_port(), Requests()
+    in_flight = 0
+
+    async def slow(*args: object) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            in_flight -= 1
+
+    device = split_device(1, req)
+    device.action = slow  # type: ignore[assignment]
+    sink = CountingSink()
+    config = connection(
+        {
+            "driver": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": port,
+            "devices": {"m": {"interval_s": 0.1, "points": {"v": {"address": 0}}}},
+        }
+    )
+    async with tcp_server([device], port):
+        async with running(config, sink) as runner:
+            await async_wait_for(lambda: sink.batches.get("m") == 1, 5, "first poll")
+            t0 = asyncio.get_running_loop().time()
+            await async_wait_for(lambda: sink.batches.get("m") == 9, 5, "eight more polls")
+            elapsed = asyncio.get_running_loop().time() - t0
+        await async_wait_for(lambda: in_flight == 0, 5, "simulator idle")
+    # Back to back at ~0.2 s each: 8 polls in ~1.6 s. Waiting for the next free tick
+    # instead would take ~0.3 s each (2.4 s).
+    assert elapsed < 2.1, elapsed
+    assert runner.polls_skipped > 0  # ticks beyond the one owed poll were dropped
