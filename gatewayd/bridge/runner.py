@@ -244,6 +244,7 @@ class ConnectionRunner:
         assert self._queue is not None
         queue = self._queue
         gap = self._limits.request_gap_s
+        me = asyncio.current_task()
         while True:
             _, _, job = await queue.get()
             try:
@@ -252,6 +253,10 @@ class ConnectionRunner:
                 if job.poll_key is not None:
                     self._pending_polls.discard(job.poll_key)
                     self._catch_up(queue, job)
+            if me is not None and me.cancelling():
+                # A driver library swallowed our cancellation (Python 3.11's wait_for does
+                # when its future completes at the same moment): honour it here.
+                raise asyncio.CancelledError
             if gap:
                 await asyncio.sleep(gap)
 
