@@ -113,3 +113,16 @@ def test_floats_round_to_integer_types():
 def test_values_that_do_not_fit_are_refused(kw, value, message):
     with pytest.raises(CodecError, match=message):
         encode(point(**kw), value)
+
+
+@given(
+    st.sampled_from([*sorted(RANGES), "float32", "float64", "bool", "string", "bit"]),
+    ORDERS,
+    ORDERS,
+    st.lists(st.integers(0, 0xFFFF), min_size=4, max_size=4),
+)
+def test_any_register_content_decodes_without_raising(kind, byte_order, word_order, regs):
+    extra = {"bit": {"bit": 5}, "string": {"length": 4}}.get(kind, {})
+    p = point(type=kind, byte_order=byte_order, word_order=word_order, **extra)
+    value = decode(p, regs[: p.span])
+    assert isinstance(value, bool | int | float | str)
