@@ -47,7 +47,7 @@ async def _demo() -> int:
         async with (
             _mosquitto(work, broker_port),
             _modbus_simulator(modbus_port),
-            _daemon(work, broker_port, api_port) as daemon,
+            _daemon(work, broker_port, api_port, modbus_port) as daemon,
         ):
             print(  # noqa: T201
                 "\ngatewayd demo is running (Ctrl-C stops everything)\n"
@@ -95,7 +95,8 @@ async def _modbus_simulator(port: int) -> AsyncIterator[None]:
     from pymodbus.server import ModbusTcpServer  # noqa: PLC0415 - demo only
     from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
 
-    # A small energy meter: voltage x10, current x100, power, energy counter, a setpoint.
+    # A small energy meter (see the `meter` connection in config/demo/gatewayd.yaml):
+    # voltage x10, current x100, power, a 32-bit energy counter, a writable setpoint.
     device = SimDevice(
         id=1,
         simdata=[
@@ -116,7 +117,7 @@ async def _modbus_simulator(port: int) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _daemon(
-    work: Path, broker_port: int, api_port: int
+    work: Path, broker_port: int, api_port: int, modbus_port: int
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     env = {
         **os.environ,
@@ -124,6 +125,8 @@ async def _daemon(
         "GATEWAYD_API__PORT": str(api_port),
         "GATEWAYD_CLOUD__HOST": "127.0.0.1",
         "GATEWAYD_CLOUD__PORT": str(broker_port),
+        # config/demo/gatewayd.yaml polls the simulator through the `meter` connection.
+        "GATEWAYD_CONNECTIONS__METER__PORT": str(modbus_port),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gatewayd", "run", "-c", str(DEMO_DIR / "gatewayd.yaml"),

@@ -51,6 +51,21 @@ class PointConfig(BaseModel):
         default=None,
         description="Product property this point reports; defaults to the point id.",
     )
+    deadband: float | None = Field(
+        default=None,
+        ge=0,
+        description="Report a change only when it is at least this big (in `unit`).",
+    )
+    deadband_percent: float | None = Field(
+        default=None,
+        ge=0,
+        description="Report a change only when it is at least this % of the last reported value.",
+    )
+    heartbeat_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Report an unchanged value again after this long; unset: only on change.",
+    )
 
 
 P = TypeVar("P", bound=PointConfig)

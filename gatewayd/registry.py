@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers import ble, memory, serial
+from drivers import ble, memory, modbus, serial
 from gatewayd.driver import DriverSpec
 
 __all__ = ["BUILTIN", "spec_for"]
 
-BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (memory.SPEC, serial.SPEC, ble.SPEC)
+BUILTIN: tuple[DriverSpec[Any, Any, Any], ...] = (
+    memory.SPEC,
+    modbus.SPEC,
+    modbus.RTU_SPEC,
+    modbus.RTU_TCP_SPEC,
+    serial.SPEC,
+    ble.SPEC,
+)
 
 
 def spec_for(kind: str) -> DriverSpec[Any, Any, Any]:

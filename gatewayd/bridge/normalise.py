@@ -5,7 +5,7 @@ from __future__ import annotations
 from gatewayd.driver import PointConfig
 from gatewayd.model import PointRef, Quality, Reading, Sample, Value
 
-__all__ = ["denormalise", "normalise"]
+__all__ = ["normalise", "to_raw"]
 
 
 def normalise(connection: str, device: str, point: PointConfig, sample: Sample) -> Reading:
@@ -26,10 +26,14 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
     )
 
 
-def denormalise(point: PointConfig, value: Value) -> Value:
-    """Engineering value -> the raw value a driver writes (the inverse of normalise)."""
+def to_raw(point: PointConfig, value: Value) -> Value:
+    """Undo scale and offset for a write: raw = (value - offset) / scale.
+
+    Non-numeric values pass unchanged; a zero scale cannot be inverted and passes the
+    value unchanged too (the driver's type check then decides).
+    """
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    if not numeric or (point.scale == 1.0 and point.offset == 0.0):
+    if not numeric or (point.scale == 1.0 and point.offset == 0.0) or point.scale == 0:
         return value
     raw = (value - point.offset) / point.scale  # type: ignore[operator]
-    return round(raw) if abs(raw - round(raw)) < 1e-9 else raw
+    return int(raw) if isinstance(value, int) and raw == int(raw) else raw

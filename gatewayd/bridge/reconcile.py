@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gatewayd.backoff import Backoff
-from gatewayd.bridge.normalise import denormalise
 from gatewayd.bridge.points import BoundDevice, BoundPoint, PointIndex
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.errors import DeviceUnavailable, WriteRejected
@@ -110,9 +109,8 @@ class Reconciler:
     async def _write_one(
         self, runner: ConnectionRunner, bound: BoundDevice, target: BoundPoint, want: Any
     ) -> None:
-        point_id = target.point.id
         try:
-            await runner.write(bound.key, point_id, denormalise(target.point, want))
+            confirmed = await runner.write_confirmed(bound.key, target.point.id, want)
         except WriteRejected as exc:
             log.warning("%s: %s=%r refused: %s", bound.device_id, target.property, want, exc)
             if self._listener is not None:
@@ -120,11 +118,7 @@ class Reconciler:
                     bound.device_id, target.service_id, target.property, str(exc)
                 )
             return
-        readings = await runner.read(bound.key, [point_id])
-        if not readings:
-            msg = f"{bound.device_id}: no read-back of {point_id}"
-            raise DeviceUnavailable(msg)
-        got = readings[0].value
+        got = confirmed.value
         if not _same(got, want):
             log.warning("%s: wrote %s=%r, device reads back %r", bound.device_id,
                         target.property, want, got)  # fmt: skip

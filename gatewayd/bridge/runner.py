@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gatewayd.backoff import Backoff
-from gatewayd.bridge.normalise import normalise
+from gatewayd.bridge.breaker import Breaker
+from gatewayd.bridge.jobs import Job, Priority, phase, settle
+from gatewayd.bridge.limits import RunnerLimits
+from gatewayd.bridge.normalise import normalise, to_raw
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.driver import ConnectionConfig, DeviceConfig, Driver, PointConfig, Session, Watchable
 from gatewayd.errors import ConnectionLost, DeviceUnavailable, TransientError
@@ -28,50 +30,13 @@ __all__ = ["ConnectionRunner", "Priority", "RunnerLimits"]
 
 log = logging.getLogger(__name__)
 
-
-class Priority(IntEnum):
-    """Queue order: lower goes first."""
-
-    WRITE = 0
-    READ = 1
-    POLL = 2
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerLimits:
-    """Bounds that keep one bad device from costing the others.
-
-    Args:
-        queue_size: most jobs waiting; more fail fast instead of piling up.
-        request_gap_s: pause between two requests on the resource (bus turnaround).
-        breaker_failures: consecutive failures before a device is skipped for a while.
-        breaker: how long a tripped device is skipped, growing while it stays dead.
-        job_timeout_s: bound on any single driver call.
-    """
-
-    queue_size: int = 1000
-    request_gap_s: float = 0.0
-    breaker_failures: int = 3
-    breaker: Backoff = field(default_factory=lambda: Backoff(initial_s=2.0, max_s=60.0))
-    job_timeout_s: float = 30.0
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _DeviceState:
-    failures: int = 0
+    breaker: Breaker
     up: bool | None = None
-    open_until: float = 0.0
-    trips: int = 0
-
-
-@dataclass(slots=True)
-class _Job:
-    priority: Priority
-    device: DeviceConfig[Any]
-    points: Sequence[PointConfig]
-    value: Value | None = None
-    done: asyncio.Future[list[Sample]] | None = None
-    poll_key: tuple[str, float] | None = None
 
 
 class ConnectionRunner:
@@ -106,11 +71,15 @@ class ConnectionRunner:
         self._sink = sink
         self._component = component
         self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
-        self._limits = limits or RunnerLimits()
-        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] | None = None
+        self._limits = limits or RunnerLimits.from_config(config)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] | None = None
         self._seq = itertools.count()
         self._pending_polls: set[tuple[str, float]] = set()
-        self._state = {k: _DeviceState() for k in self._devices}
+        self._owed_polls: set[tuple[str, float]] = set()
+        lim = self._limits
+        self._state = {
+            k: _DeviceState(Breaker(lim.breaker_failures, lim.breaker)) for k in self._devices
+        }
         self.polls_skipped = 0
 
     @property
@@ -123,7 +92,9 @@ class ConnectionRunner:
         await supervise(self._session, self._component, self._backoff)
 
     async def write(self, device_id: str, point_id: str, value: Value) -> None:
-        """Write one value through the queue, ahead of polls.
+        """Write one value, in engineering units, through the queue, ahead of polls.
+
+        The point's scale and offset are undone before the driver sees the value.
 
         Raises:
             DeviceUnavailable: not connected, queue full, or the device did not answer.
@@ -132,16 +103,37 @@ class ConnectionRunner:
         """
         device = self._devices[device_id]
         point = device.points[point_id]
-        await self._submit(_Job(Priority.WRITE, device, [point], value))
+        await self._submit(Job(Priority.WRITE, device, [point], to_raw(point, value)))
 
     async def read(self, device_id: str, point_ids: Sequence[str]) -> list[Reading]:
         """Read now, ahead of polls (a read-back after a write, a technician's request)."""
         device = self._devices[device_id]
         points = [device.points[p] for p in point_ids]
-        samples = await self._submit(_Job(Priority.READ, device, points))
+        samples = await self._submit(Job(Priority.READ, device, points))
         return self._normalise(device, samples)
 
-    async def _submit(self, job: _Job) -> list[Sample]:
+    async def write_confirmed(self, device_id: str, point_id: str, value: Value) -> Reading:
+        """Write, then read the point back: the reading is what the device now holds.
+
+        Report the returned reading, not `value`: a device may clamp or round what it got.
+        """
+        await self.write(device_id, point_id, value)
+        (reading,) = await self.read(device_id, [point_id])
+        return reading
+
+    async def exclusive(
+        self, device_id: str, call: Callable[[Session[Any, Any]], Awaitable[T]]
+    ) -> T:
+        """Run `call(session)` alone on the resource, ahead of polls (a unit scan, a probe).
+
+        `device_id` picks whose retries apply; a failed call does not count against that
+        device's availability or breaker.
+        """
+        device = self._devices[device_id]
+        result: T = await self._submit(Job(Priority.READ, device, [], call=call))
+        return result
+
+    async def _submit(self, job: Job) -> Any:
         queue = self._queue
         if queue is None:
             msg = f"connection {self.id} is not connected"
@@ -161,11 +153,18 @@ class ConnectionRunner:
             await self._connection_failed(exc)
             raise
 
+    async def _links_up(self) -> None:
+        """Devices with no points (an RS-485 converter) are up exactly when the link is."""
+        for device in self._devices.values():
+            if not device.points:
+                await self._device_ok(device)
+
     async def _open_session(self) -> None:
         try:
             async with self._driver.connect() as session:
                 self._queue = asyncio.PriorityQueue(self._limits.queue_size)
                 self._component.up()
+                await self._links_up()
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._worker(session), name=f"connection[{self.id}].worker")
@@ -175,6 +174,7 @@ class ConnectionRunner:
                     self._fail_waiting(self._queue)
                     self._queue = None
                     self._pending_polls.clear()
+                    self._owed_polls.clear()
         except BaseExceptionGroup as group:
             raise _first_transient(group) from None
 
@@ -209,26 +209,33 @@ class ConnectionRunner:
         loop = asyncio.get_running_loop()
         key = (device.id, interval)
         due = loop.time()
+        # The first poll goes out at once; the first step sets a phase spread by device, so
+        # many devices with one interval do not all hit the loop and the bus in one burst.
+        step = phase(f"{self.id}/{device.id}", interval)
         while True:
             queue = self._queue
             if queue is None:
                 return
             if key in self._pending_polls:
-                self.polls_skipped += 1
-            elif loop.time() >= self._state[device.id].open_until:
+                # Still waiting from the last tick: owe one catch-up poll, never a backlog.
+                if key in self._owed_polls:
+                    self.polls_skipped += 1
+                self._owed_polls.add(key)
+            elif self._state[device.id].breaker.allows(loop.time()):
                 self._pending_polls.add(key)
                 try:
                     queue.put_nowait(
                         (
                             Priority.POLL,
                             next(self._seq),
-                            _Job(Priority.POLL, device, points, poll_key=key),
+                            Job(Priority.POLL, device, points, poll_key=key),
                         )
                     )
                 except asyncio.QueueFull:
                     self._pending_polls.discard(key)
                     self.polls_skipped += 1
-            due += interval
+            due += step
+            step = interval
             now = loop.time()
             due = max(due, now)
             await asyncio.sleep(due - now)
@@ -237,6 +244,7 @@ class ConnectionRunner:
         assert self._queue is not None
         queue = self._queue
         gap = self._limits.request_gap_s
+        me = asyncio.current_task()
         while True:
             _, _, job = await queue.get()
             try:
@@ -244,43 +252,81 @@ class ConnectionRunner:
             finally:
                 if job.poll_key is not None:
                     self._pending_polls.discard(job.poll_key)
+                    self._catch_up(queue, job)
+            if me is not None and me.cancelling():
+                # A driver library swallowed our cancellation (Python 3.11's wait_for does
+                # when its future completes at the same moment): honour it here.
+                raise asyncio.CancelledError
             if gap:
                 await asyncio.sleep(gap)
 
-    async def _serve(self, session: Session[Any, Any], job: _Job) -> None:
+    def _catch_up(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]], job: Job) -> None:
+        """Queue the poll a late tick owed, unless the device has just failed."""
+        key = job.poll_key
+        if key is None or key not in self._owed_polls:
+            return
+        self._owed_polls.discard(key)
+        if self._state[job.device.id].up is False:
+            self.polls_skipped += 1
+            return
+        try:
+            queue.put_nowait((Priority.POLL, next(self._seq), job))
+        except asyncio.QueueFull:
+            self.polls_skipped += 1
+            return
+        self._pending_polls.add(key)
+
+    async def _serve(self, session: Session[Any, Any], job: Job) -> None:
         device = job.device
         try:
-            async with asyncio.timeout(self._limits.job_timeout_s):
-                if job.priority is Priority.WRITE:
-                    await session.write(device, job.points[0], job.value)  # type: ignore[arg-type]
-                    samples: list[Sample] = []
-                else:
-                    samples = await session.read(device, job.points)
+            result = await self._with_retries(session, job)
         except ConnectionLost as exc:
-            _settle(job, exc)
+            settle(job, exc)
             raise
-        except TimeoutError:
-            exc2 = DeviceUnavailable(
-                f"{device.id}: no answer within {self._limits.job_timeout_s} s"
-            )
-            await self._device_failed(device, exc2)
-            _settle(job, exc2)
-            return
         except DeviceUnavailable as exc:
-            await self._device_failed(device, exc)
-            _settle(job, exc)
+            if job.call is None:
+                await self._device_failed(device, exc)
+            settle(job, exc)
             return
         except Exception as exc:  # WriteRejected, or a bug: the caller decides
-            _settle(job, exc)
+            settle(job, exc)
             if job.done is None:
                 raise
             return
-        await self._device_ok(device)
+        if job.call is None:
+            await self._device_ok(device)
         if job.done is not None:
             if not job.done.done():
-                job.done.set_result(samples)
-        elif samples:
-            await self._sink.readings(self.id, device.id, self._normalise(device, samples))
+                job.done.set_result(result)
+        elif result:
+            await self._sink.readings(self.id, device.id, self._normalise(device, result))
+
+    async def _with_retries(self, session: Session[Any, Any], job: Job) -> Any:
+        """Try a job `1 + retries` times while the device does not answer."""
+        retries = getattr(job.device, "retries", None)
+        attempts = 1 + (self._limits.retries if retries is None else int(retries))
+        for attempt in range(1, attempts):
+            try:
+                return await self._attempt(session, job)
+            except ConnectionLost:
+                raise
+            except DeviceUnavailable as exc:
+                log.debug("%s/%s: retry %d: %s", self.id, job.device.id, attempt, exc)
+        return await self._attempt(session, job)
+
+    async def _attempt(self, session: Session[Any, Any], job: Job) -> Any:
+        """One try of a job, bounded; a timeout is the device not answering."""
+        try:
+            async with asyncio.timeout(self._limits.job_timeout_s):
+                if job.call is not None:
+                    return await job.call(session)
+                if job.priority is Priority.WRITE:
+                    await session.write(job.device, job.points[0], job.value)  # type: ignore[arg-type]
+                    return []
+                return await session.read(job.device, job.points)
+        except TimeoutError:
+            msg = f"{job.device.id}: no answer within {self._limits.job_timeout_s} s"
+            raise DeviceUnavailable(msg) from None
 
     def _normalise(self, device: DeviceConfig[Any], samples: list[Sample]) -> list[Reading]:
         return [
@@ -308,8 +354,7 @@ class ConnectionRunner:
 
     async def _device_ok(self, device: DeviceConfig[Any]) -> None:
         state = self._state[device.id]
-        state.failures = 0
-        state.trips = 0
+        state.breaker.succeeded()
         if state.up is not True:
             state.up = True
             log.info("%s/%s: device answering", self.id, device.id)
@@ -317,12 +362,8 @@ class ConnectionRunner:
 
     async def _device_failed(self, device: DeviceConfig[Any], exc: Exception) -> None:
         state = self._state[device.id]
-        state.failures += 1
-        if state.failures >= self._limits.breaker_failures:
-            pause = self._limits.breaker.ceiling(state.trips)
-            state.open_until = asyncio.get_running_loop().time() + pause
-            state.trips += 1
-            state.failures = 0
+        pause = state.breaker.failed(asyncio.get_running_loop().time())
+        if pause is not None:
             log.debug("%s/%s: skipped for %.1f s", self.id, device.id, pause)
         if state.up is not False:
             state.up = False
@@ -341,15 +382,10 @@ class ConnectionRunner:
                 log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
                 await self._sink.availability(self.id, device.id, False, str(exc))
 
-    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, _Job]]) -> None:
+    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]]) -> None:
         while not queue.empty():
             _, _, job = queue.get_nowait()
-            _settle(job, DeviceUnavailable(f"connection {self.id} closed"))
-
-
-def _settle(job: _Job, exc: BaseException) -> None:
-    if job.done is not None and not job.done.done():
-        job.done.set_exception(exc)
+            settle(job, DeviceUnavailable(f"connection {self.id} closed"))
 
 
 def _first_transient(group: BaseExceptionGroup[Any]) -> BaseException:

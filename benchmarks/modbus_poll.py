@@ -1,0 +1,307 @@
+"""Modbus polling throughput: N devices x M holding registers, each its own point.
+
+The driver + runner half of the end-to-end benchmark: a pymodbus TCP simulator runs in a
+child process (so its CPU is not counted), and this process runs one ConnectionRunner per
+device (each a Modbus TCP device of its own, as on a site network) delivering readings into
+a sink that records them. The broker half is added with the uplink.
+
+Measured over the run: values/s delivered vs the configured rate, poll period per device
+(p50/p95/p99 and misses), age of a reading when the sink gets it, CPU of this process
+(cores), peak RSS and its trend (first vs last minute).
+
+    python -m benchmarks modbus_poll                      # 100 x 50 every 100 ms for 60 s
+    python -m benchmarks modbus_poll --duration 300 --record
+    python -m benchmarks modbus_poll --ceiling            # raise the rate until it falls behind
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks modbus_poll")
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--registers", type=int, default=50)
+    parser.add_argument("--interval-s", type=float, default=0.1)
+    parser.add_argument("--duration-s", "--duration", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument("--ceiling", action="store_true", help="find the highest rate kept")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(list(argv))
+    if args.serve is not None:
+        asyncio.run(_serve(args.serve, args.devices, args.registers))
+        return 0
+    if args.ceiling:
+        return _ceiling(args)
+    result = asyncio.run(_run(args.devices, args.registers, args.interval_s, args.duration_s,
+                              args.warmup_s))  # fmt: skip
+    text = _report(result)
+    print(text)
+    if args.record:
+        _record(text)
+    return 0
+
+
+def _ceiling(args: argparse.Namespace) -> int:
+    """Shorten the interval until fewer than 99.9 % of the values arrive."""
+    lines = []
+    interval = args.interval_s
+    while interval >= 0.005:
+        r = asyncio.run(_run(args.devices, args.registers, interval, 20.0, args.warmup_s))
+        line = (
+            f"interval {interval * 1000:.0f} ms: target {r['target']:.0f} values/s, "
+            f"got {r['rate']:.0f} ({r['ratio'] * 100:.2f} %), CPU {r['cpu']:.2f} cores"
+        )
+        print(line, flush=True)
+        lines.append(f"- {line}")
+        if r["ratio"] < 0.999:
+            break
+        interval /= 1.5
+    text = "Ceiling search (20 s per step):\n\n" + "\n".join(lines)
+    if args.record:
+        _record(_header() + text + "\n")
+    return 0
+
+
+async def _serve(port: int, devices: int, registers: int) -> None:
+    from pymodbus.server import ModbusTcpServer  # noqa: PLC0415
+    from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
+
+    sims = [
+        SimDevice(
+            id=unit,
+            simdata=[SimData(0, values=list(range(registers)), datatype=DataType.REGISTERS)],
+        )
+        for unit in range(1, devices + 1)
+    ]
+    server = ModbusTcpServer(sims, address=("127.0.0.1", port))
+    await server.serve_forever()
+
+
+class _Sink:
+    """Counts values and records ages and per-device poll periods."""
+
+    def __init__(self) -> None:
+        self.values = 0
+        self.ages: Counter[int] = Counter()  # 10 us bins: memory stays flat
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.polls: dict[str, int] = {}
+        self.size: dict[str, int] = {}
+        self.periods: Counter[int] = Counter()  # 1 ms bins
+        self.measuring = False
+
+    def rate(self) -> float:
+        """Values/s from each device's own first and last poll in the window (no edge error)."""
+        total = 0.0
+        for conn, first in self.first.items():
+            span = self.last[conn] - first
+            if span > 0:
+                total += (self.polls[conn] - 1) * self.size[conn] / span
+        return total
+
+    async def readings(self, connection: str, device: str, batch: Sequence[Any]) -> None:
+        now = time.monotonic()
+        if not self.measuring:
+            return
+        self.values += len(batch)
+        if batch:
+            self.ages[int((datetime.now(UTC) - batch[0].at).total_seconds() * 1e5)] += 1
+        prev = self.last.get(connection)
+        if prev is not None:
+            self.periods[int((now - prev) * 1000)] += 1
+        else:
+            self.first[connection] = now
+            self.size[connection] = len(batch)
+        self.last[connection] = now
+        self.polls[connection] = self.polls.get(connection, 0) + 1
+        del device
+
+    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+        if not up:
+            print(f"{connection}/{device} down: {reason}", file=sys.stderr)
+
+
+async def _run(
+    devices: int, registers: int, interval: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from drivers.modbus import ModbusDriver, ModbusTcpConnection  # noqa: PLC0415
+    from gatewayd.bridge.runner import ConnectionRunner  # noqa: PLC0415
+    from gatewayd.health import Health  # noqa: PLC0415
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.modbus_poll", "--serve", str(port),
+         "--devices", str(devices), "--registers", str(registers)],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    sink = _Sink()
+    health = Health()
+    try:
+        await _wait_port(port)
+        points = {f"r{i}": {"address": i} for i in range(registers)}
+        runners = []
+        for unit in range(1, devices + 1):
+            conn = ModbusTcpConnection.model_validate(
+                {
+                    "driver": "modbus-tcp",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "timeout_s": 1.0,
+                    "devices": {
+                        f"m{unit}": {"unit_id": unit, "interval_s": interval, "points": points}
+                    },
+                }
+            )
+            runners.append(
+                ConnectionRunner(
+                    f"c{unit}", conn, ModbusDriver(conn), sink, health.component(f"c{unit}")
+                )
+            )
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(r.run(), name=r.id) for r in runners]
+            await asyncio.sleep(warmup)
+            sink.measuring = True
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            sim0 = _cpu_of(server.pid)
+            rss: list[int] = []
+            while time.monotonic() - wall0 < duration:
+                await asyncio.sleep(1.0)
+                rss.append(_rss_kb())
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+            sim_cpu = _cpu_of(server.pid) - sim0
+            sink.measuring = False
+            for task in tasks:
+                task.cancel()
+    finally:
+        server.terminate()
+        server.wait(10)
+    target = devices * registers / interval
+    minute = max(1, min(60, len(rss) // 2))
+    return {
+        "devices": devices,
+        "registers": registers,
+        "interval": interval,
+        "duration": wall,
+        "target": target,
+        "rate": sink.rate(),
+        "ratio": sink.rate() / target,
+        "period_p50": _pct(sink.periods, 50) / 1000,
+        "period_p95": _pct(sink.periods, 95) / 1000,
+        "period_p99": _pct(sink.periods, 99) / 1000,
+        "late": sum(n for ms, n in sink.periods.items() if ms > interval * 1500)
+        / max(1, sum(sink.periods.values())),
+        "age_p95": _pct(sink.ages, 95) / 1e5,
+        "cpu": cpu / wall,
+        "sim_cpu": sim_cpu / wall,
+        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_first_mb": statistics.mean(rss[:minute]) / 1024,
+        "rss_last_mb": statistics.mean(rss[-minute:]) / 1024,
+        "skipped": sum(r.polls_skipped for r in runners),
+    }
+
+
+def _report(r: dict[str, Any]) -> str:
+    return _header() + (
+        f"Modbus poll, driver + runner: {r['devices']} devices x {r['registers']} holding "
+        f"registers (each its own point) every {r['interval'] * 1000:.0f} ms, "
+        f"{r['duration']:.0f} s, one TCP connection per device, simulator in another process.\n\n"
+        f"| metric | value |\n| --- | --- |\n"
+        f"| values/s delivered (target {r['target']:.0f}) | {r['rate']:.0f} "
+        f"({r['ratio'] * 100:.2f} %) |\n"
+        f"| poll period p50 / p95 / p99 | {r['period_p50'] * 1000:.1f} / "
+        f"{r['period_p95'] * 1000:.1f} / {r['period_p99'] * 1000:.1f} ms |\n"
+        f"| polls later than 1.5 x interval | {r['late'] * 100:.2f} % "
+        f"({r['skipped']} skipped) |\n"
+        f"| reading age at the sink, p95 | {r['age_p95'] * 1000:.2f} ms |\n"
+        f"| CPU of the gateway process | {r['cpu']:.2f} cores |\n"
+        f"| CPU of the simulator process | {r['sim_cpu']:.2f} cores |\n"
+        f"| peak RSS | {r['rss_peak_mb']:.1f} MB |\n"
+        f"| RSS first vs last minute | {r['rss_first_mb']:.1f} -> {r['rss_last_mb']:.1f} MB |\n"
+    )
+
+
+def _header() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"\n### modbus_poll, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}.\n\n"
+    )
+
+
+def _record(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    if not path.exists():
+        path.write_text(
+            "# Benchmarks\n\nResults appended by `python -m benchmarks NAME --record`; "
+            "the newest are last.\n"
+        )
+    with path.open("a") as f:
+        f.write(text)
+
+
+def _pct(histogram: Counter[int], p: float) -> float:
+    """The bin below which p % of the counts fall."""
+    total = sum(histogram.values())
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= total * p / 100:
+            return float(value)
+    return 0.0
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of another process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:  # noqa: PTH123
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_port(port: int) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                return
+            await asyncio.sleep(0.1)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
