@@ -136,7 +136,8 @@ class _Sink:
         self.polls[connection] = self.polls.get(connection, 0) + 1
         del device
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+    async def availability(self, connection: str, device: str, state: Any, reason: str) -> None:
+        up = state == "ONLINE"
         if not up:
             print(f"{connection}/{device} down: {reason}", file=sys.stderr)
 

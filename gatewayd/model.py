@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TypeAlias
 
-__all__ = ["PointRef", "Quality", "Reading", "Sample", "Value"]
+__all__ = ["Availability", "PointRef", "Quality", "Reading", "Sample", "Value"]
 
 Value: TypeAlias = bool | int | float | str | bytes
 
@@ -18,6 +18,18 @@ class Quality(StrEnum):
     GOOD = "good"
     UNCERTAIN = "uncertain"
     BAD = "bad"
+
+
+class Availability(StrEnum):
+    """What the field says about a device; the values are the registry's statuses.
+
+    OFFLINE: the device stopped answering (or was not heard from) while its link works.
+    ABNORMAL: the link itself is gone (port unplugged, converter unreachable, adapter lost).
+    """
+
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"
+    ABNORMAL = "ABNORMAL"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 from gatewayd.bridge.points import PointIndex
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.devices import DeviceStatus
-from gatewayd.model import Quality, Reading
+from gatewayd.model import Availability, Quality, Reading
 from gatewayd.store.errors import RegistryError
 from gatewayd.store.registry import Registry
 from gatewayd.store.shadows import ShadowStore
@@ -77,17 +77,19 @@ class FieldState:
         if self._downstream is not None and checked:
             await self._downstream.readings(connection, device, checked)
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
-        """ONLINE when the device answers again, ABNORMAL while it does not."""
+    async def availability(
+        self, connection: str, device: str, state: Availability, reason: str
+    ) -> None:
+        """The registry status follows the field: ONLINE, OFFLINE or ABNORMAL."""
         bound = self._index.by_key(connection, device)
         if bound is not None:
-            status = DeviceStatus.ONLINE if up else DeviceStatus.ABNORMAL
+            status = DeviceStatus(state.value)
             try:
                 await self._registry.set_status(bound.device_id, status)
             except RegistryError as exc:
                 self._complain(bound.device_id, "status", str(exc))
         if self._downstream is not None:
-            await self._downstream.availability(connection, device, up, reason)
+            await self._downstream.availability(connection, device, state, reason)
 
     def _check(
         self,

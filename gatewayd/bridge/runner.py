@@ -23,7 +23,7 @@ from gatewayd.bridge.sink import BridgeSink
 from gatewayd.driver import ConnectionConfig, DeviceConfig, Driver, PointConfig, Session, Watchable
 from gatewayd.errors import ConnectionLost, DeviceUnavailable, TransientError
 from gatewayd.health import Component
-from gatewayd.model import Reading, Sample, Value
+from gatewayd.model import Availability, Reading, Sample, Value
 from gatewayd.supervise import supervise
 
 __all__ = ["ConnectionRunner", "Priority", "RunnerLimits"]
@@ -358,7 +358,7 @@ class ConnectionRunner:
         if state.up is not True:
             state.up = True
             log.info("%s/%s: device answering", self.id, device.id)
-            await self._sink.availability(self.id, device.id, True, "")
+            await self._sink.availability(self.id, device.id, Availability.ONLINE, "")
 
     async def _device_failed(self, device: DeviceConfig[Any], exc: Exception) -> None:
         state = self._state[device.id]
@@ -368,7 +368,7 @@ class ConnectionRunner:
         if state.up is not False:
             state.up = False
             log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
-            await self._sink.availability(self.id, device.id, False, str(exc))
+            await self._sink.availability(self.id, device.id, Availability.OFFLINE, str(exc))
 
     async def _connection_failed(self, exc: TransientError) -> None:
         """The resource is gone or cannot be opened: every device on it is unavailable.
@@ -379,8 +379,8 @@ class ConnectionRunner:
             state = self._state[device.id]
             if state.up is not False:
                 state.up = False
-                log.warning("%s/%s: device unavailable: %s", self.id, device.id, exc)
-                await self._sink.availability(self.id, device.id, False, str(exc))
+                log.warning("%s/%s: link lost: %s", self.id, device.id, exc)
+                await self._sink.availability(self.id, device.id, Availability.ABNORMAL, str(exc))
 
     def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]]) -> None:
         while not queue.empty():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from gatewayd.model import Reading
+from gatewayd.model import Availability, Reading
 
 __all__ = ["BridgeSink", "LatestValues"]
 
@@ -17,8 +17,10 @@ class BridgeSink(Protocol):
         """One device's readings from one read or push."""
         ...
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
-        """A device became reachable (`up`) or stopped answering."""
+    async def availability(
+        self, connection: str, device: str, state: Availability, reason: str
+    ) -> None:
+        """A device started answering (ONLINE), stopped (OFFLINE), or lost its link (ABNORMAL)."""
         ...
 
 
@@ -27,7 +29,7 @@ class LatestValues:
 
     def __init__(self) -> None:
         self.values: dict[str, Reading] = {}
-        self.devices: dict[tuple[str, str], tuple[bool, str]] = {}
+        self.devices: dict[tuple[str, str], tuple[Availability, str]] = {}
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
         """Remember each reading."""
@@ -35,6 +37,8 @@ class LatestValues:
         for reading in batch:
             self.values[str(reading.ref)] = reading
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+    async def availability(
+        self, connection: str, device: str, state: Availability, reason: str
+    ) -> None:
         """Remember the device's state."""
-        self.devices[(connection, device)] = (up, reason)
+        self.devices[(connection, device)] = (state, reason)

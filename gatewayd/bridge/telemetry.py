@@ -14,7 +14,7 @@ from typing import Any
 
 from gatewayd.cloud.children import ChildrenSource, StatusBoard
 from gatewayd.cloud.dialects import native
-from gatewayd.model import Quality, Reading
+from gatewayd.model import Availability, Quality, Reading
 from gatewayd.store.outbox import Outbox, OutboxFull
 
 __all__ = ["TelemetrySink"]
@@ -61,10 +61,12 @@ class TelemetrySink:
             self._refusing.discard(device_id)
             log.info("%s: telemetry stored again", device_id)
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
-        """ONLINE when the device answers, OFFLINE when it stopped."""
+    async def availability(
+        self, connection: str, device: str, state: Availability, reason: str
+    ) -> None:
+        """The device's status, for `children/status`."""
         del reason
-        self._board.set(self._device_id(connection, device), "ONLINE" if up else "OFFLINE")
+        self._board.set(self._device_id(connection, device), state.value)
 
     def _device_id(self, connection: str, device: str) -> str:
         device_id = self._children.device_id(connection, device)

@@ -29,7 +29,8 @@ class RecordingSink:
         self.log.extend(batch)
         self._changed.set()
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+    async def availability(self, connection: str, device: str, state: Any, reason: str) -> None:
+        up = state == "ONLINE"
         self.states.append((device, up, reason))
         self._changed.set()
 

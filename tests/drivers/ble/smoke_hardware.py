@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from drivers.ble import BleConnection, BleDriver
 from gatewayd.backoff import Backoff
@@ -40,7 +41,8 @@ class PrintingSink:
         for r in batch:
             print(f"{r.at:%H:%M:%S} {r.ref} = {r.value!r} {r.unit or ''} [{r.quality}]")
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+    async def availability(self, connection: str, device: str, state: Any, reason: str) -> None:
+        up = state == "ONLINE"
         print(f"--- {connection}/{device} {'UP' if up else 'DOWN'} {reason}")
 
 

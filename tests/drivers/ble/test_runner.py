@@ -150,7 +150,7 @@ async def test_write_changes_the_characteristic_and_reads_back(world, adapter):
         await sink.until(lambda: sink.values("thermo", "setpoint"))  # polled
         assert sink.values("thermo", "setpoint")[0] == 20.0
 
-        await runner.write("thermo", "setpoint", 225)  # raw: the core applies scale
+        await runner.write("thermo", "setpoint", 22.5)  # engineering units: the runner undoes scale
         assert sensor.values[SETPOINT] == struct.pack("<h", 225)
         (reading,) = await runner.read("thermo", ["setpoint"])
         assert reading.value == 22.5
@@ -160,9 +160,9 @@ async def test_write_changes_the_characteristic_and_reads_back(world, adapter):
         await sink.until(lambda: (COMMAND, b"\x07") in sensor.writes)
 
         with pytest.raises(WriteRejected, match="out of range for s16"):
-            await runner.write("thermo", "setpoint", 40000)
+            await runner.write("thermo", "setpoint", 4000.0)
         with pytest.raises(WriteRejected, match="the device refused 350"):
-            await runner.write("thermo", "setpoint", 350)
+            await runner.write("thermo", "setpoint", 35.0)
         with pytest.raises(WriteRejected, match="thermo/temperature is not writable"):
             await runner.write("thermo", "temperature", 1)
         assert sensor.values[SETPOINT] == struct.pack("<h", 225)

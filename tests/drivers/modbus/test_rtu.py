@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from gatewayd.model import Availability
 from tests.drivers.modbus.harness import CountingSink, connection, running
 from tests.drivers.modbus.sim import Requests, pty_pair, rtu_server, split_device, tcp_server
 from tests.helpers import async_wait_for, free_port
@@ -84,7 +85,7 @@ async def test_dead_unit_on_a_shared_bus_costs_bounded_time(tmp_path):
                 end = time.monotonic()
                 dead_requests = req.count(5) - dead_before
     assert ("c", "u5") in sink.devices
-    assert sink.devices[("c", "u5")][0] is False
+    assert sink.devices[("c", "u5")][0] is Availability.OFFLINE
     expected = window / interval
     for unit in range(1, 5):
         got = sum(1 for t in stamps[f"u{unit}"] if start <= t < end)
@@ -119,7 +120,7 @@ async def test_rtu_over_tcp_converter_with_a_silent_unit():
         async with running(config, sink) as runner:
             await async_wait_for(lambda: ("c", "dead") in sink.devices, 5, "dead unit noticed")
             await async_wait_for(lambda: sink.value("a", "v") == -2, 5, "value over RTU/TCP")
-            assert sink.devices[("c", "conv")] == (True, "")
-            assert sink.devices[("c", "a")] == (True, "")
-            assert sink.devices[("c", "dead")][0] is False
+            assert sink.devices[("c", "conv")] == (Availability.ONLINE, "")
+            assert sink.devices[("c", "a")] == (Availability.ONLINE, "")
+            assert sink.devices[("c", "dead")][0] is Availability.OFFLINE
             assert runner.connected  # a silent unit does not drop the converter's socket

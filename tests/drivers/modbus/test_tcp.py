@@ -17,7 +17,7 @@ from gatewayd.backoff import Backoff
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.errors import WriteRejected
 from gatewayd.health import Health
-from gatewayd.model import Quality
+from gatewayd.model import Availability, Quality
 from tests.drivers.modbus.harness import CountingSink, connection, running
 from tests.drivers.modbus.sim import Requests, split_device, tcp_server
 from tests.helpers import async_wait_for, free_port
@@ -186,8 +186,8 @@ async def test_read_of_unmapped_register_makes_device_unavailable():
     )
     async with tcp_server([split_device(1, req)], port), running(config, sink):
         await async_wait_for(lambda: ("c", "m") in sink.devices, 5, "availability")
-    up, reason = sink.devices[("c", "m")]
-    assert not up
+    state, reason = sink.devices[("c", "m")]
+    assert state is Availability.OFFLINE
     assert "exception 2 (illegal data address)" in reason
 
 
@@ -228,10 +228,12 @@ async def test_connection_refused_then_server_appears():
         async with tcp_server([split_device(1, req)], port) as server:
             await _load(server)
             await async_wait_for(lambda: "c/meter/voltage" in sink.values, 5, "values")
-            assert sink.devices[("c", "gw")] == (True, "")
+            assert sink.devices[("c", "gw")] == (Availability.ONLINE, "")
         await async_wait_for(lambda: not runner.connected, 5, "connection lost noticed")
-        await async_wait_for(lambda: not sink.devices[("c", "gw")][0], 5, "converter down")
-        assert not sink.devices[("c", "meter")][0]
+        await async_wait_for(
+            lambda: sink.devices[("c", "gw")][0] is Availability.ABNORMAL, 5, "converter down"
+        )
+        assert sink.devices[("c", "meter")][0] is Availability.ABNORMAL
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -27,7 +27,8 @@ class RecordingSink:
         del connection, device
         self.batches.extend(batch)
 
-    async def availability(self, connection: str, device: str, up: bool, reason: str) -> None:
+    async def availability(self, connection: str, device: str, state: Any, reason: str) -> None:
+        up = state == "ONLINE"
         del connection
         self.states.append((device, up, reason))
 
