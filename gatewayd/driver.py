@@ -64,7 +64,10 @@ class PointConfig(BaseModel):
     heartbeat_s: float | None = Field(
         default=None,
         gt=0,
-        description="Report an unchanged value again after this long; unset: only on change.",
+        description=(
+            "Report an unchanged value again after this long. With none of deadband, "
+            "deadband_percent and heartbeat_s set, every reading is reported."
+        ),
     )
 
 

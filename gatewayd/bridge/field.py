@@ -1,4 +1,7 @@
-"""What the field says becomes registry status and reported shadow state.
+"""What the field says becomes registry status, reported shadow state and telemetry.
+
+Readings pass the point's reporting rule (deadband, heartbeat) before they go downstream to
+telemetry; a point with no rule configured reports every reading.
 
 Values are checked against the device's product here, once for every driver: a value the
 product does not allow (out of range, wrong type) is passed on with BAD quality and never
@@ -8,11 +11,13 @@ reaches the reported shadow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from gatewayd.bridge.points import PointIndex
+from gatewayd.bridge.reporting import ReportPolicy
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.devices import DeviceStatus
 from gatewayd.model import Availability, Quality, Reading
@@ -33,6 +38,7 @@ class FieldState:
         registry: device status.
         shadows: reported state (written only when a value changed).
         downstream: where checked readings go next (telemetry), if anywhere.
+        clock: monotonic time for the reporting policy (injectable for tests).
     """
 
     def __init__(
@@ -41,6 +47,7 @@ class FieldState:
         registry: Registry,
         shadows: ShadowStore,
         downstream: BridgeSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._index = index
         self._registry = registry
@@ -48,6 +55,8 @@ class FieldState:
         self._downstream = downstream
         self._last: dict[tuple[str, str, str], Any] = {}
         self._complained: set[tuple[str, str]] = set()
+        self._policy = ReportPolicy()
+        self._clock = clock
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
         """Check values against the product, update reported shadows, pass them on."""
@@ -56,13 +65,16 @@ class FieldState:
             return
         checked: list[Reading] = []
         changed: dict[str, dict[str, Any]] = {}
+        now = self._clock()
         for raw in batch:
             point = bound.by_point.get(raw.ref.point)
             if point is None:
                 continue
             reading = self._check(bound.device_id, bound.product, point.service_id,
                                   point.property, raw)  # fmt: skip
-            checked.append(reading)
+            rule = point.rule
+            if rule is None or self._policy.accept(reading, rule, now):
+                checked.append(reading)
             if reading.quality is not Quality.GOOD:
                 continue
             key = (bound.device_id, point.service_id, point.property)
@@ -83,6 +95,9 @@ class FieldState:
         """The registry status follows the field: ONLINE, OFFLINE or ABNORMAL."""
         bound = self._index.by_key(connection, device)
         if bound is not None:
+            if state is not Availability.ONLINE:
+                for point_id in bound.by_point:  # report the first value after recovery
+                    self._policy.forget(f"{connection}/{device}/{point_id}")
             status = DeviceStatus(state.value)
             try:
                 await self._registry.set_status(bound.device_id, status)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gatewayd.bridge.reporting import ReportRule
 from gatewayd.driver import ConnectionConfig, DeviceConfig, PointConfig
 from gatewayd.identity import child_identity
 from gatewayd.products import Product, ProductCatalog
@@ -22,6 +23,7 @@ class BoundPoint:
     point: PointConfig
     property: str
     service_id: str
+    rule: ReportRule | None  # None: every reading is reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,14 @@ def _bind(
     for point_id, point in device.points.items():
         prop = point.property or point_id
         service_id = _service_of(product, prop)
-        by_point[point_id] = BoundPoint(point, prop, service_id)
+        by_point[point_id] = BoundPoint(point, prop, service_id, _rule(point))
     by_property = {(b.service_id, b.property): b for b in by_point.values()}
     return BoundDevice(conn_id, key, device_id, product, by_point, by_property)
+
+
+def _rule(point: PointConfig) -> ReportRule | None:
+    configured = (point.deadband, point.deadband_percent, point.heartbeat_s)
+    return None if configured == (None, None, None) else ReportRule.for_point(point)
 
 
 def _service_of(product: Product | None, prop: str) -> str:

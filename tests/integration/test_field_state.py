@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -160,3 +161,42 @@ async def test_value_outside_the_product_range_never_reaches_reported(tmp_path):
         assert await api.reported("temperature") == 85.0
 
     await _with_api(settings, test)
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    async def readings(self, connection, device, batch) -> None:
+        self.values.extend(r.value for r in batch if r.ref.point == "temperature")
+
+    async def availability(self, connection, device, state, reason) -> None:
+        pass
+
+
+async def test_deadband_thins_telemetry_but_not_the_first_value(tmp_path):
+    settings = store_settings(
+        tmp_path,
+        connections={
+            "virtual": {
+                "driver": "memory",
+                "devices": {
+                    "room1": {
+                        "product_id": "thermostat",
+                        "interval_s": 0.02,
+                        "points": {"temperature": {"initial": 20.0, "step": 0.1, "deadband": 0.45}},
+                    }
+                },
+            }
+        },
+    )
+    sink = Recording()
+    async with running_app(settings, sink):
+        async with asyncio.timeout(10):
+            while len(sink.values) < 4:
+                await asyncio.sleep(0.02)
+    values = [float(v) for v in sink.values]
+    assert values[0] == 20.0
+    steps = [round(b - a, 6) for a, b in itertools.pairwise(values)]
+    assert all(step >= 0.45 for step in steps), steps
+    assert all(step <= 0.5 + 1e-6 for step in steps), steps  # nothing beyond the deadband lost
