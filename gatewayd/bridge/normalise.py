@@ -13,7 +13,10 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
     value = sample.value
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     if numeric and (point.scale != 1.0 or point.offset != 0.0):
-        value = value * point.scale + point.offset  # type: ignore[operator]
+        scaled = value * point.scale + point.offset  # type: ignore[operator]
+        # 2301 * 0.1 is 230.10000000000002 in binary floating point; 12 significant digits
+        # are more than any field device measures and drop that noise.
+        value = float(f"{scaled:.12g}")
     quality = Quality.GOOD
     if isinstance(value, float) and value != value:  # NaN from a sensor  # noqa: PLR0124
         quality = Quality.BAD

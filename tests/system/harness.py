@@ -32,9 +32,28 @@ CLIMATE_PRODUCT = {
 }
 
 
+METER_PRODUCT = {
+    "product_id": "meter",
+    "name": "Energy meter with a power limit",
+    "services": [
+        {
+            "service_id": "Energy",
+            "properties": [
+                {"name": "voltage", "type": "decimal", "unit": "V", "min": 0, "max": 500,
+                 "access": "R"},
+                {"name": "energy", "type": "int", "unit": "Wh", "access": "R"},
+                {"name": "limit", "type": "int", "unit": "W", "min": 0, "max": 60000,
+                 "access": "RW"},
+            ],
+        }
+    ],
+}  # fmt: skip
+
+
 def gateway_settings(tmp_path: Path, broker_port: int, connections: dict[str, Any]) -> Settings:
     products = tmp_path / "products"
     write_yaml(products / "climate.yaml", CLIMATE_PRODUCT)
+    write_yaml(products / "meter.yaml", METER_PRODUCT)
     return Settings(
         gateway={"node_id": "gw-sys"},
         state_dir=tmp_path / "state",

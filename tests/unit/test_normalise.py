@@ -1,0 +1,29 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from gatewayd.bridge.normalise import normalise, to_raw
+from gatewayd.driver import PointConfig
+from gatewayd.model import Quality, Sample
+
+NOW = datetime.now(UTC)
+
+
+def test_scaled_values_carry_no_binary_noise():
+    reading = normalise("c", "d", PointConfig(scale=0.1), Sample("v", 2301, NOW))
+    assert reading.value == 230.1
+    assert str(reading.ref) == "c/d/v"
+
+
+@pytest.mark.parametrize(
+    ("raw", "scale", "offset"), [(2301, 0.1, 0), (-40, 0.5, -273.15), (7, 1, 0)]
+)
+def test_to_raw_undoes_normalise(raw, scale, offset):
+    point = PointConfig(scale=scale, offset=offset)
+    value = normalise("c", "d", point, Sample("v", raw, NOW)).value
+    assert to_raw(point, value) == pytest.approx(raw)
+
+
+def test_nan_is_bad_quality_and_text_passes_unchanged():
+    assert normalise("c", "d", PointConfig(), Sample("v", float("nan"), NOW)).quality is Quality.BAD
+    assert normalise("c", "d", PointConfig(scale=2), Sample("v", "on", NOW)).value == "on"
