@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import os
 import shutil
 import signal
@@ -16,10 +18,13 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["run_demo"]
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "config" / "demo"
+DEMO_TOKEN = "demo-admin-token"  # noqa: S105 - published on purpose; hashed in the demo config
+METER = "demo-meter_energy-meter"  # {product_id}_{node_id} of the demo's Modbus meter
 
 
 def run_demo() -> int:
@@ -49,19 +54,36 @@ async def _demo() -> int:
             _modbus_simulator(modbus_port),
             _daemon(work, broker_port, api_port, modbus_port) as daemon,
         ):
-            print(  # noqa: T201
-                "\ngatewayd demo is running (Ctrl-C stops everything)\n"
-                f"  telemetry:  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'v1/#' -v\n"
-                f"  local API:  curl http://127.0.0.1:{api_port}/healthz\n"
-                f"  Modbus simulator: 127.0.0.1:{modbus_port}\n",
-                flush=True,
-            )
+            print(_guide(broker_port, api_port, modbus_port), flush=True)  # noqa: T201
             waiter = asyncio.create_task(stop.wait())
             exited = asyncio.create_task(daemon.wait())
             await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             exited.cancel()
         return 0
+
+
+def _guide(broker_port: int, api_port: int, modbus_port: int) -> str:
+    api = f"http://127.0.0.1:{api_port}"
+    shadow = f"{api}/v5/iot/local/devices/{METER}/shadow"
+    auth = f"-H 'X-Auth-Token: {DEMO_TOKEN}'"
+    desired = '{"shadow":[{"service_id":"Meter","desired":{"power_limit":3500}}]}'
+    config = '{"version":1,"power_limit":2500}'
+    return (
+        "\ngatewayd demo is running (Ctrl-C stops everything)\n\n"
+        "Watch what the gateway sends to the cloud:\n"
+        f"  mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'v1/#' -v\n\n"
+        "Health and the meter's shadow (desired vs reported):\n"
+        f"  curl {api}/healthz\n"
+        f"  curl {auth} {shadow}\n\n"
+        "Change the meter's power limit locally; the gateway writes register 5 of the\n"
+        "simulated meter, reads it back, then reports it:\n"
+        f"  curl {auth} -X PUT -H 'Content-Type: application/json' -d '{desired}' {shadow}\n\n"
+        "Or as the cloud would, over MQTT (answered on .../config/update):\n"
+        f"  mosquitto_pub -h 127.0.0.1 -p {broker_port} -q 1 "
+        f"-t v1/device/{METER}/config -m '{config}'\n\n"
+        f"Modbus simulator: 127.0.0.1:{modbus_port} (unit 1, holding registers 0-5)\n"
+    )
 
 
 def _free_port() -> int:
@@ -105,14 +127,27 @@ async def _modbus_simulator(port: int) -> AsyncIterator[None]:
     )
     server = ModbusTcpServer(device, address=("127.0.0.1", port))
     task = asyncio.create_task(server.serve_forever(), name="demo.modbus")
+    load = asyncio.create_task(_meter_load(server), name="demo.load")
     try:
         await _wait_port(port)
         yield
     finally:
+        load.cancel()
         await server.shutdown()  # type: ignore[no-untyped-call]
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for done in (load, task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await done
+
+
+async def _meter_load(server: Any) -> None:
+    """Make the meter's power swing and its energy counter climb, once a second."""
+    energy = 4200
+    for second in itertools.count():
+        power = 1000 + round(500 * math.sin(second / 10))
+        energy += power // 3600 + 1
+        await server.context.async_setValues(1, 16, 2, [power, energy >> 16, energy & 0xFFFF])
+        await asyncio.sleep(1)
 
 
 @contextlib.asynccontextmanager

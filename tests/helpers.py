@@ -59,16 +59,15 @@ def daemon_env(**extra: str) -> dict[str, str]:
 
 
 def gatewayd(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
-    """Start `python -m gatewayd ARGS` as a real process."""
-    return subprocess.Popen(
+    """Start `python -m gatewayd ARGS` as a real process (output piped unless told)."""
+    options: dict[str, object] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw}
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-m", "gatewayd", *args],
         env=env or daemon_env(),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        **kw,  # type: ignore[call-overload]
+        **options,
     )
 
 
