@@ -108,8 +108,16 @@ class CloudConfig(_Section):
     rate_limit_msg_s: float = Field(
         default=50.0, gt=0, description="Most messages per second sent (the cloud's quota)."
     )
-    reconnect_initial_s: float = Field(default=0.5, gt=0, description="First reconnect delay.")
-    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+    reconnect_initial_s: float = Field(default=0.2, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(
+        default=1.5,
+        gt=0,
+        description=(
+            "Longest reconnect delay (full jitter below it): the worst wait for the first "
+            "publish after the broker returns. One connect attempt per gateway this often is "
+            "cheap for a broker; raise it for very large fleets."
+        ),
+    )
 
     @property
     def effective_port(self) -> int:

@@ -34,8 +34,6 @@ def daemon_config(
                 "host": "127.0.0.1",
                 "port": broker_port,
                 "rate_limit_msg_s": 100000,
-                "reconnect_initial_s": 0.1,
-                "reconnect_max_s": 1.0,
                 "keepalive_s": 5,
                 "connect_timeout_s": 2,
             },
