@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import yaml
@@ -41,6 +41,19 @@ async def async_wait_for(
         while not predicate():
             await asyncio.sleep(0.01)
     del what
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[object]], want: object, timeout_s: float = 10.0
+) -> None:
+    """Await `probe()` until it returns `want`, bounded by a timeout."""
+    got = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            while (got := await probe()) != want:
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"still {got!r}, wanted {want!r}") from None
 
 
 def write_yaml(path: Path, data: object) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,6 +11,7 @@ import aiohttp
 from gatewayd.bridge.sink import LatestValues
 from gatewayd.devices import DeviceStatus
 from gatewayd.model import Quality
+from tests.helpers import eventually
 from tests.store_fixtures import ADMIN, running_app, store_settings
 
 DEVICE_ID = "thermostat_room1"
@@ -34,17 +34,6 @@ def _settings(tmp_path, **setpoint):
             }
         },
     )
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], want: Any, timeout_s: float = 10) -> None:
-    """Await `probe()` until it returns `want`, bounded by a timeout."""
-    got = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            while (got := await probe()) != want:
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"still {got!r}, wanted {want!r}") from None
 
 
 class Api:

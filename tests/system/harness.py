@@ -103,17 +103,6 @@ async def _running(app: App) -> AsyncIterator[None]:
             await task
 
 
-async def eventually(probe: Callable[[], Any], want: Any, timeout_s: float = 10.0) -> None:
-    """Await `probe()` until it returns `want`, bounded by a timeout."""
-    got = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            while (got := await probe()) != want:
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"still {got!r}, wanted {want!r}") from None
-
-
 def telemetry_values(cloud: RefCloud, device: str, key: str) -> list[Any]:
     """Values of one telemetry key the cloud received from a device, in arrival order."""
     return [u.body["telemetries"][key] for u in cloud.of("telemetry", device)

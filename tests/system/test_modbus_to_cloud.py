@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.drivers.modbus.sim import Requests, pty_pair, rtu_server, split_device, tcp_server
-from tests.helpers import free_port
-from tests.system.harness import cloud_and_gateway, config_updates, eventually, telemetry_values
+from tests.helpers import eventually, free_port
+from tests.system.harness import cloud_and_gateway, config_updates, telemetry_values
 
 FC_READ_HOLDING = 3
 WRITES = {6, 16}

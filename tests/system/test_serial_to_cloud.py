@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.drivers.serial.ptys import PtyPair, instrument
-from tests.system.harness import cloud_and_gateway, config_updates, eventually, telemetry_values
+from tests.helpers import eventually
+from tests.system.harness import cloud_and_gateway, config_updates, telemetry_values
 
 DEVICE = "climate_th1"
 
