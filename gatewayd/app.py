@@ -13,6 +13,7 @@ from aiohttp import web
 from gatewayd import systemd
 from gatewayd.api.auth import TokenAuth
 from gatewayd.api.iotda import mount_iotda
+from gatewayd.api.metrics import mount_metrics
 from gatewayd.api.server import ApiServer, build_app
 from gatewayd.bridge.cloud_sync import CloudDesired, CloudReports
 from gatewayd.bridge.field import FieldState
@@ -84,6 +85,11 @@ class App:
         self.store: Store | None = None
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+
+    @property
+    def connects(self) -> int | None:
+        """MQTT sessions established so far (None without a cloud link), for /metrics."""
+        return self.uplink.connects if self.uplink is not None else None
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
@@ -170,6 +176,7 @@ class App:
         def mount(app: web.Application) -> None:
             mount_iotda(app, store=store, project_id=project_id)
             mount_cloud(app, outbox, state)
+            mount_metrics(app, self.health, outbox, self)
 
         return mount
 
