@@ -83,7 +83,7 @@ class FieldState:
                 changed.setdefault(point.service_id, {})[point.property] = _json(reading.value)
         for service_id, props in changed.items():
             try:
-                await self._shadows.report(bound.device_id, service_id, props)
+                await self._shadows.record_reported(bound.device_id, service_id, props)
             except RegistryError as exc:
                 self._complain(bound.device_id, service_id, str(exc))
         if self._downstream is not None and checked:
