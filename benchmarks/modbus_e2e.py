@@ -165,7 +165,16 @@ async def _run(
             await _wait_port(sim_port)
             config = work / "gatewayd.yaml"
             config.write_text(
-                yaml.safe_dump(_config(work, broker.port, sim_port, devices, registers, interval))
+                yaml.safe_dump(
+                    _config(
+                        work,
+                        broker_port=broker.port,
+                        sim_port=sim_port,
+                        devices=devices,
+                        registers=registers,
+                        interval=interval,
+                    )
+                )
             )
             counter = _Counter()
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="bench-e2e") as sub:
@@ -255,7 +264,7 @@ async def _measure(
 
 
 def _config(
-    work: Path, broker_port: int, sim_port: int, devices: int, registers: int, interval: float
+    work: Path, *, broker_port: int, sim_port: int, devices: int, registers: int, interval: float
 ) -> dict[str, Any]:
     points = {f"r{i}": {"address": i} for i in range(registers)}
     connections = {
@@ -293,28 +302,40 @@ def _report(r: dict[str, Any]) -> list[str]:
     flat = abs(r["rss_last_mb"] - r["rss_first_mb"]) <= 2.0
     return [
         "",
-        f"Command: `python -m benchmarks modbus_e2e --duration-s {r['duration']:.0f}`; "
-        f"{r['devices']} devices x {r['registers']} holding registers, each its own point, "
-        f"every {r['interval'] * 1000:.0f} ms; one modbus-tcp connection per device to a "
-        "pymodbus simulator in its own process; the real daemon publishing to mosquitto on "
-        "loopback; subscriber in the benchmark process. "
-        f"Load average at the end: {load}.",
+        (
+            f"Command: `python -m benchmarks modbus_e2e --duration-s {r['duration']:.0f}`; "
+            f"{r['devices']} devices x {r['registers']} holding registers, each its own point, "
+            f"every {r['interval'] * 1000:.0f} ms; one modbus-tcp connection per device to a "
+            "pymodbus simulator in its own process; the real daemon publishing to mosquitto on "
+            "loopback; subscriber in the benchmark process. "
+            f"Load average at the end: {load}."
+        ),
         "",
         "| measure | result | target | |",
         "| --- | ---: | ---: | --- |",
-        f"| values/s reaching the broker | {r['rate']:,.0f} of {r['target']:,.0f} "
-        f"({r['ratio'] * 100:.2f} %) | >= 99.9 % | {verdict(r['ratio'] >= 0.999)} |",
-        f"| read-to-broker latency p50 / p95 / p99 / max | {r['lat_p50'] * 1000:.0f} / "
-        f"{r['lat_p95'] * 1000:.0f} / {r['lat_p99'] * 1000:.0f} / {r['lat_max'] * 1000:.0f} ms "
-        f"| p95 <= 100 ms | {verdict(r['lat_p95'] <= 0.1)} |",
+        (
+            f"| values/s reaching the broker | {r['rate']:,.0f} of {r['target']:,.0f} "
+            f"({r['ratio'] * 100:.2f} %) | >= 99.9 % | {verdict(r['ratio'] >= 0.999)} |"
+        ),
+        (
+            f"| read-to-broker latency p50 / p95 / p99 / max | {r['lat_p50'] * 1000:.0f} / "
+            f"{r['lat_p95'] * 1000:.0f} / {r['lat_p99'] * 1000:.0f} / {r['lat_max'] * 1000:.0f} ms "
+            f"| p95 <= 100 ms | {verdict(r['lat_p95'] <= 0.1)} |"
+        ),
         f"| daemon CPU | {r['cpu']:.2f} cores | <= 0.5 | {verdict(r['cpu'] <= 0.5)} |",
-        f"| daemon peak RSS (VmHWM) | {r['rss_peak_mb']:.1f} MB | <= 80 MB | "
-        f"{verdict(r['rss_peak_mb'] <= 80)} |",
-        f"| daemon RSS, first vs last minute | {r['rss_first_mb']:.1f} -> "
-        f"{r['rss_last_mb']:.1f} MB | flat | {verdict(flat)} |",
+        (
+            f"| daemon peak RSS (VmHWM) | {r['rss_peak_mb']:.1f} MB | <= 80 MB | "
+            f"{verdict(r['rss_peak_mb'] <= 80)} |"
+        ),
+        (
+            f"| daemon RSS, first vs last minute | {r['rss_first_mb']:.1f} -> "
+            f"{r['rss_last_mb']:.1f} MB | flat | {verdict(flat)} |"
+        ),
         "",
-        f"{r['records']:,} telemetry records counted in {r['duration']:.0f} s; "
-        f"{r['bad']} malformed; errors in the daemon's log: {r['log_errors']}.",
+        (
+            f"{r['records']:,} telemetry records counted in {r['duration']:.0f} s; "
+            f"{r['bad']} malformed; errors in the daemon's log: {r['log_errors']}."
+        ),
     ]
 
 

@@ -93,7 +93,7 @@ async def _serve(port: int, devices: int, registers: int, *, changing: bool = Fa
     from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
 
     def action(unit: int) -> Any:
-        async def tick(
+        async def tick(  # noqa: PLR0917 - pymodbus's action signature
             function_code: int,
             start_address: int,
             address: int,

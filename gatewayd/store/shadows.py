@@ -205,18 +205,8 @@ class ShadowStore:
         whole; keys keep their order and new ones come last, as a dict merge would.
         """
         product = self._product_of(conn, device_id)
-        values = _check_reported(product, service_id, props)
-        checked = {k: PropertyValue(v, when) for k, v in values.items()}
-        try:
-            patch = json.dumps(
-                {k: [p.value, p.at.isoformat()] for k, p in checked.items()}, allow_nan=False
-            )
-        except ValueError:  # NaN or infinity: not JSON to SQLite, so merge here instead
-            row = _read_row(conn, device_id, service_id)
-            merged = {**(row.reported if row else {}), **checked}
-            _write_row(conn, device_id, service_id, row.version if row else 0, None, merged)
-            _activate(conn, device_id, when)
-            return
+        values = _check_reported(product, service_id, props)  # JSON values only: no NaN
+        patch = _dump({k: PropertyValue(v, when) for k, v in values.items()})
         conn.execute(
             "INSERT INTO shadows (device_id, service_id, version, desired, reported) "
             "VALUES (?, ?, 0, '{}', ?) ON CONFLICT (device_id, service_id) DO UPDATE SET "
