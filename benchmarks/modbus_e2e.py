@@ -83,7 +83,7 @@ def _ceiling(args: argparse.Namespace) -> int:
         if r["ratio"] < 0.999:
             break
         best = r
-        interval /= 1.5
+        interval /= 1.25
     lines.append("")
     if best is not None:
         lines.append(
@@ -240,13 +240,14 @@ async def _measure(
     _check_alive(daemon)
     start = time.time()
     counter.window = (start, start + duration)
-    cpu0, wall0 = _cpu_of(daemon.pid), time.monotonic()
+    cpu0, sys0, wall0 = _cpu_of(daemon.pid), _cpu_of(daemon.pid, system=True), time.monotonic()
     samples: list[tuple[float, int]] = []  # (seconds into the window, VmRSS kB)
     while (elapsed := time.monotonic() - wall0) < duration:
         await asyncio.sleep(min(2.0, max(0.0, duration - elapsed)))
         _check_alive(daemon)
         samples.append((time.monotonic() - wall0, _status_kb(daemon.pid, "VmRSS")))
     cpu, wall = _cpu_of(daemon.pid) - cpu0, time.monotonic() - wall0
+    system = _cpu_of(daemon.pid, system=True) - sys0
     hwm = _status_kb(daemon.pid, "VmHWM")
     await asyncio.sleep(GRACE_S)
     minute = min(60.0, duration / 2)
@@ -255,6 +256,7 @@ async def _measure(
     return {
         "duration": wall,
         "cpu": cpu / wall,
+        "cpu_system": system / wall,
         "rss_peak_mb": hwm / 1024,
         "rss_max_window_mb": max(kb for _, kb in samples) / 1024,
         "rss_first_mb": statistics.mean(first) / 1024,
@@ -322,7 +324,10 @@ def _report(r: dict[str, Any]) -> list[str]:
             f"{r['lat_p95'] * 1000:.0f} / {r['lat_p99'] * 1000:.0f} / {r['lat_max'] * 1000:.0f} ms "
             f"| p95 <= 100 ms | {verdict(r['lat_p95'] <= 0.1)} |"
         ),
-        f"| daemon CPU | {r['cpu']:.2f} cores | <= 0.5 | {verdict(r['cpu'] <= 0.5)} |",
+        (
+            f"| daemon CPU (of it in the kernel) | {r['cpu']:.2f} ({r['cpu_system']:.2f}) cores "
+            f"| <= 0.5 | {verdict(r['cpu'] <= 0.5)} |"
+        ),
         (
             f"| daemon peak RSS (VmHWM) | {r['rss_peak_mb']:.1f} MB | <= 80 MB | "
             f"{verdict(r['rss_peak_mb'] <= 80)} |"
@@ -388,10 +393,11 @@ def _pct(histogram: Counter[int], p: float) -> float:
     return 0.0
 
 
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
+def _cpu_of(pid: int, *, system: bool = False) -> float:
+    """User + system CPU seconds of a process (all its threads), or its system time alone."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if system else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(pid: int, key: str) -> int:

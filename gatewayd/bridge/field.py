@@ -71,8 +71,10 @@ class FieldState:
             point = bound.by_point.get(raw.ref.point)
             if point is None:
                 continue
-            reading = self._check(bound.device_id, bound.product, point.service_id,
-                                  point.property, raw)  # fmt: skip
+            reading = raw  # no product, or no value: nothing to check
+            if bound.product is not None and raw.value is not None:
+                reading = self._check(bound.device_id, bound.product, point.service_id,
+                                      point.property, raw)  # fmt: skip
             rule = point.rule
             if rule is None or self._policy.accept(reading, rule, now):
                 checked.append(reading)

@@ -204,7 +204,13 @@ class ShadowStore:
         A property's stored value is an array `[value, time]`, so the merge patch replaces it
         whole; keys keep their order and new ones come last, as a dict merge would.
         """
-        product = self._product_of(conn, device_id)
+        row = conn.execute(
+            "SELECT product_id, status = 'INACTIVE' FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            raise DeviceNotFound("device_id", f"no device {device_id!r}")
+        product, inactive = self._products.get(row[0]), bool(row[1])
         values = _check_reported(product, service_id, props)  # JSON values only: no NaN
         patch = _dump({k: PropertyValue(v, when) for k, v in values.items()})
         conn.execute(
@@ -213,7 +219,8 @@ class ShadowStore:
             "reported = json_patch(shadows.reported, excluded.reported)",
             (device_id, service_id, patch),
         )
-        _activate(conn, device_id, when)
+        if inactive:  # read in this transaction: an active device needs no UPDATE per poll
+            _activate(conn, device_id, when)
 
     def notify_initial(self, device_id: str, service_ids: Iterable[str]) -> None:
         """Announce the initial desired state of a new device (called by the registry)."""
