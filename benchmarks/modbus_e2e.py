@@ -65,7 +65,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
 def _ceiling(args: argparse.Namespace) -> int:
     """Shorten the interval until fewer than 99.9 % of the values reach the broker."""
-    lines = ["Ceiling search, 20 s per step (`python -m benchmarks modbus_e2e --ceiling`):", ""]
+    lines = ["", "Ceiling search, 20 s per step (`python -m benchmarks modbus_e2e --ceiling`):", ""]
     lines += [
         "| interval | target values/s | delivered values/s | delivered | p95 latency | CPU |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
