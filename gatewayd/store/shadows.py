@@ -212,7 +212,8 @@ class ShadowStore:
             raise DeviceNotFound("device_id", f"no device {device_id!r}")
         product, inactive = self._products.get(row[0]), bool(row[1])
         values = _check_reported(product, service_id, props)  # JSON values only: no NaN
-        patch = _dump({k: PropertyValue(v, when) for k, v in values.items()})
+        stamp = when.isoformat()  # what _dump() writes, formatted once for all properties
+        patch = json.dumps({k: [v, stamp] for k, v in values.items()})
         conn.execute(
             "INSERT INTO shadows (device_id, service_id, version, desired, reported) "
             "VALUES (?, ?, 0, '{}', ?) ON CONFLICT (device_id, service_id) DO UPDATE SET "
