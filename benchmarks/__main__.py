@@ -18,9 +18,11 @@ def _available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")]
-    flags = [a for a in argv if a.startswith("-")]
     available = _available()
+    # Leading names pick the benchmarks; everything from the first option on is passed to
+    # them, so options can take values (`modbus_e2e --duration-s 300`).
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, flags = list(argv[:split]), list(argv[split:])
     if "-h" in flags or "--help" in flags:
         print(__doc__)
         print("available:", ", ".join(available))

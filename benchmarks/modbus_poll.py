@@ -46,9 +46,10 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument("--ceiling", action="store_true", help="find the highest rate kept")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--changing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv))
     if args.serve is not None:
-        asyncio.run(_serve(args.serve, args.devices, args.registers))
+        asyncio.run(_serve(args.serve, args.devices, args.registers, changing=args.changing))
         return 0
     if args.ceiling:
         return _ceiling(args)
@@ -82,14 +83,36 @@ def _ceiling(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(port: int, devices: int, registers: int) -> None:
+async def _serve(port: int, devices: int, registers: int, *, changing: bool = False) -> None:
+    """Serve `devices` units of `registers` holding registers each.
+
+    With `changing`, register k of unit u reads `(u * registers + k + t) % 65536`, t counting
+    tenths of a second: every register is distinct and every 100 ms poll sees new values.
+    """
     from pymodbus.server import ModbusTcpServer  # noqa: PLC0415
     from pymodbus.simulator import DataType, SimData, SimDevice  # noqa: PLC0415
+
+    def action(unit: int) -> Any:
+        async def tick(  # noqa: PLR0917 - pymodbus's action signature
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current_registers: list[int],
+            set_values: Any,
+        ) -> None:
+            del function_code, address, count, set_values
+            base = unit * registers + start_address + int(time.monotonic() * 10)
+            for k in range(len(current_registers)):
+                current_registers[k] = (base + k) % 65536
+
+        return tick
 
     sims = [
         SimDevice(
             id=unit,
             simdata=[SimData(0, values=list(range(registers)), datatype=DataType.REGISTERS)],
+            action=action(unit) if changing else None,
         )
         for unit in range(1, devices + 1)
     ]

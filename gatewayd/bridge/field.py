@@ -10,6 +10,7 @@ reaches the reported shadow.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,8 +71,10 @@ class FieldState:
             point = bound.by_point.get(raw.ref.point)
             if point is None:
                 continue
-            reading = self._check(bound.device_id, bound.product, point.service_id,
-                                  point.property, raw)  # fmt: skip
+            reading = raw  # no product, or no value: nothing to check
+            if bound.product is not None and raw.value is not None:
+                reading = self._check(bound.device_id, bound.product, point.service_id,
+                                      point.property, raw)  # fmt: skip
             rule = point.rule
             if rule is None or self._policy.accept(reading, rule, now):
                 checked.append(reading)
@@ -81,13 +84,39 @@ class FieldState:
             if key not in self._last or self._last[key] != reading.value:
                 self._last[key] = reading.value
                 changed.setdefault(point.service_id, {})[point.property] = _json(reading.value)
+        await self._store(connection, device, bound.device_id, changed, checked)
+
+    async def _store(
+        self,
+        connection: str,
+        device: str,
+        device_id: str,
+        changed: dict[str, dict[str, Any]],
+        checked: list[Reading],
+    ) -> None:
+        """Report changed values to the shadow and pass the readings on, side by side.
+
+        The runner waits for both before it polls the device again, so the two commits
+        (state database, outbox) must not add up.
+        """
+        shadow = asyncio.create_task(self._report(device_id, changed)) if changed else None
+        try:
+            if self._downstream is not None and checked:
+                await self._downstream.readings(connection, device, checked)
+        except BaseException:
+            if shadow is not None:
+                shadow.cancel()
+                await asyncio.wait([shadow])
+            raise
+        if shadow is not None:
+            await shadow
+
+    async def _report(self, device_id: str, changed: dict[str, dict[str, Any]]) -> None:
         for service_id, props in changed.items():
             try:
-                await self._shadows.report(bound.device_id, service_id, props)
+                await self._shadows.record_reported(device_id, service_id, props)
             except RegistryError as exc:
-                self._complain(bound.device_id, service_id, str(exc))
-        if self._downstream is not None and checked:
-            await self._downstream.readings(connection, device, checked)
+                self._complain(device_id, service_id, str(exc))
 
     async def availability(
         self, connection: str, device: str, state: Availability, reason: str

@@ -19,6 +19,7 @@ from gatewayd.products import Product, ProductCatalog, PropertyDef
 from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
+from gatewayd.store.group import GroupWriter
 
 __all__ = [
     "DesiredUpdate",
@@ -104,6 +105,9 @@ class ShadowStore:
         self._products = products
         self._clock = clock
         self._feed: ChangeFeed[ShadowKey] = ChangeFeed()
+        self._reported: GroupWriter[tuple[str, str, Mapping[str, Any], datetime]] = GroupWriter(
+            db, lambda conn, item: self._merge_reported(conn, *item)
+        )
 
     async def get(self, device_id: str) -> list[ServiceShadow]:
         """Every service's shadow of the device (the product's services first, in order)."""
@@ -160,18 +164,64 @@ class ShadowStore:
         when = at or self._clock()
 
         def work(conn: sqlite3.Connection) -> ServiceShadow:
-            product = self._product_of(conn, device_id)
-            checked = _check_reported(product, service_id, props)
-            row = _read_row(conn, device_id, service_id)
-            reported = row.reported if row else {}
-            merged = {**reported, **{k: PropertyValue(v, when) for k, v in checked.items()}}
-            _write_row(conn, device_id, service_id, row.version if row else 0, None, merged)
-            _activate(conn, device_id, when)
+            self._merge_reported(conn, device_id, service_id, props, when)
             written = _read_row(conn, device_id, service_id)
             assert written is not None  # written just above, same transaction
             return written
 
-        return await self._db.transact(work)
+        async with self._reported.turn:  # in order with `record_reported()` calls before it
+            return await self._db.transact(work)
+
+    async def record_reported(
+        self,
+        device_id: str,
+        service_id: str,
+        props: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> None:
+        """`report()` without reading the shadow back: the field's hot path.
+
+        Every poll of every device lands here, so concurrent calls share one transaction
+        (`GroupWriter`), and the stored row is merged by SQLite (`json_patch`) instead of
+        being decoded and re-encoded in Python. Returns once the values are committed.
+
+        Raises:
+            DeviceNotFound: no such device.
+            InvalidField: unknown service or property, or a value that does not fit.
+        """
+        await self._reported.write((device_id, service_id, props, at or self._clock()))
+
+    def _merge_reported(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        service_id: str,
+        props: Mapping[str, Any],
+        when: datetime,
+    ) -> None:
+        """Check `props`, merge them into the stored reported state, activate the device.
+
+        A property's stored value is an array `[value, time]`, so the merge patch replaces it
+        whole; keys keep their order and new ones come last, as a dict merge would.
+        """
+        row = conn.execute(
+            "SELECT product_id, status = 'INACTIVE' FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        if row is None:
+            raise DeviceNotFound("device_id", f"no device {device_id!r}")
+        product, inactive = self._products.get(row[0]), bool(row[1])
+        values = _check_reported(product, service_id, props)  # JSON values only: no NaN
+        stamp = when.isoformat()  # what _dump() writes, formatted once for all properties
+        patch = json.dumps({k: [v, stamp] for k, v in values.items()})
+        conn.execute(
+            "INSERT INTO shadows (device_id, service_id, version, desired, reported) "
+            "VALUES (?, ?, 0, '{}', ?) ON CONFLICT (device_id, service_id) DO UPDATE SET "
+            "reported = json_patch(shadows.reported, excluded.reported)",
+            (device_id, service_id, patch),
+        )
+        if inactive:  # read in this transaction: an active device needs no UPDATE per poll
+            _activate(conn, device_id, when)
 
     def notify_initial(self, device_id: str, service_ids: Iterable[str]) -> None:
         """Announce the initial desired state of a new device (called by the registry)."""
