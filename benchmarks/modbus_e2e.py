@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from benchmarks._util import cpu_of, free_port, pct, status_kb, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GRACE_S = 3.0  # records read inside the window may still arrive this long after it
 
@@ -151,7 +153,7 @@ async def _run(
 
     with tempfile.TemporaryDirectory(prefix="gatewayd-e2e-") as tmp:
         work = Path(tmp)
-        sim_port = _free_port()
+        sim_port = free_port()
         sim = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.modbus_poll", "--serve", str(sim_port),
              "--devices", str(devices), "--registers", str(registers), "--changing"],
@@ -162,7 +164,7 @@ async def _run(
         daemon: subprocess.Popen[bytes] | None = None
         try:
             broker.start()
-            await _wait_port(sim_port)
+            await wait_port(sim_port)
             config = work / "gatewayd.yaml"
             config.write_text(
                 yaml.safe_dump(
@@ -210,9 +212,9 @@ async def _run(
         ratio=rate / target,
         records=counter.records,
         bad=counter.bad,
-        lat_p50=_pct(counter.latency, 50) / 1000,
-        lat_p95=_pct(counter.latency, 95) / 1000,
-        lat_p99=_pct(counter.latency, 99) / 1000,
+        lat_p50=pct(counter.latency, 50) / 1000,
+        lat_p95=pct(counter.latency, 95) / 1000,
+        lat_p99=pct(counter.latency, 99) / 1000,
         lat_max=max(counter.latency, default=0) / 1000,
         log_errors=errors,
     )
@@ -240,17 +242,17 @@ async def _measure(
     _check_alive(daemon)
     start = time.time()
     counter.window = (start, start + duration)
-    cpu0, sys0, wall0 = _cpu_of(daemon.pid), _cpu_of(daemon.pid, system=True), time.monotonic()
-    main0 = _cpu_of(daemon.pid, thread=daemon.pid)
+    cpu0, sys0, wall0 = cpu_of(daemon.pid), cpu_of(daemon.pid, system=True), time.monotonic()
+    main0 = cpu_of(daemon.pid, thread=daemon.pid)
     samples: list[tuple[float, int]] = []  # (seconds into the window, VmRSS kB)
     while (elapsed := time.monotonic() - wall0) < duration:
         await asyncio.sleep(min(2.0, max(0.0, duration - elapsed)))
         _check_alive(daemon)
-        samples.append((time.monotonic() - wall0, _status_kb(daemon.pid, "VmRSS")))
-    cpu, wall = _cpu_of(daemon.pid) - cpu0, time.monotonic() - wall0
-    system = _cpu_of(daemon.pid, system=True) - sys0
-    main = _cpu_of(daemon.pid, thread=daemon.pid) - main0
-    hwm = _status_kb(daemon.pid, "VmHWM")
+        samples.append((time.monotonic() - wall0, status_kb(daemon.pid, "VmRSS")))
+    cpu, wall = cpu_of(daemon.pid) - cpu0, time.monotonic() - wall0
+    system = cpu_of(daemon.pid, system=True) - sys0
+    main = cpu_of(daemon.pid, thread=daemon.pid) - main0
+    hwm = status_kb(daemon.pid, "VmHWM")
     await asyncio.sleep(GRACE_S)
     minute = min(60.0, duration / 2)
     first = [kb for t, kb in samples if t <= minute] or [samples[0][1]]
@@ -385,54 +387,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _pct(histogram: Counter[int], p: float) -> float:
-    """The bin below which p % of the counts fall."""
-    total = sum(histogram.values())
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen >= total * p / 100:
-            return float(value)
-    return 0.0
-
-
-def _cpu_of(pid: int, *, system: bool = False, thread: int | None = None) -> float:
-    """User + system CPU seconds of a process (all its threads) or of one thread.
-
-    With `system`, the time in the kernel alone.
-    """
-    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[12]) if system else int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_port(port: int) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                await writer.wait_closed()
-                return
-            await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks._util import cpu_of, free_port, pct, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ async def _run(
     from gatewayd.bridge.runner import ConnectionRunner  # noqa: PLC0415
     from gatewayd.health import Health  # noqa: PLC0415
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.modbus_poll", "--serve", str(port),
          "--devices", str(devices), "--registers", str(registers)],
@@ -182,7 +182,7 @@ async def _run(
     sink = _Sink()
     health = Health()
     try:
-        await _wait_port(port)
+        await wait_port(port)
         points = {f"r{i}": {"address": i} for i in range(registers)}
         runners = []
         for unit in range(1, devices + 1):
@@ -207,13 +207,13 @@ async def _run(
             await asyncio.sleep(warmup)
             sink.measuring = True
             cpu0, wall0 = time.process_time(), time.monotonic()
-            sim0 = _cpu_of(server.pid)
+            sim0 = cpu_of(server.pid)
             rss: list[int] = []
             while time.monotonic() - wall0 < duration:
                 await asyncio.sleep(1.0)
                 rss.append(_rss_kb())
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-            sim_cpu = _cpu_of(server.pid) - sim0
+            sim_cpu = cpu_of(server.pid) - sim0
             sink.measuring = False
             for task in tasks:
                 task.cancel()
@@ -230,12 +230,12 @@ async def _run(
         "target": target,
         "rate": sink.rate(),
         "ratio": sink.rate() / target,
-        "period_p50": _pct(sink.periods, 50) / 1000,
-        "period_p95": _pct(sink.periods, 95) / 1000,
-        "period_p99": _pct(sink.periods, 99) / 1000,
+        "period_p50": pct(sink.periods, 50) / 1000,
+        "period_p95": pct(sink.periods, 95) / 1000,
+        "period_p99": pct(sink.periods, 99) / 1000,
         "late": sum(n for ms, n in sink.periods.items() if ms > interval * 1500)
         / max(1, sum(sink.periods.values())),
-        "age_p95": _pct(sink.ages, 95) / 1e5,
+        "age_p95": pct(sink.ages, 95) / 1e5,
         "cpu": cpu / wall,
         "sim_cpu": sim_cpu / wall,
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -285,46 +285,12 @@ def _record(text: str) -> None:
         f.write(text)
 
 
-def _pct(histogram: Counter[int], p: float) -> float:
-    """The bin below which p % of the counts fall."""
-    total = sum(histogram.values())
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen >= total * p / 100:
-            return float(value)
-    return 0.0
-
-
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of another process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_kb() -> int:
     with open("/proc/self/status") as f:  # noqa: PTH123
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_port(port: int) -> None:
-    async with asyncio.timeout(20):
-        while True:
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                await writer.wait_closed()
-                return
-            await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":
