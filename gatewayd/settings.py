@@ -73,9 +73,6 @@ class TlsConfig(_Section):
     )
     cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
     key_file: Path | None = Field(default=None, description="Client private key (PEM).")
-    server_hostname: str | None = Field(
-        default=None, description="Name checked in the broker's certificate; defaults to host."
-    )
 
 
 class CloudConfig(_Section):
