@@ -77,6 +77,9 @@ class FieldState:
                                       point.property, raw)  # fmt: skip
             rule = point.rule
             if rule is None or self._policy.accept(reading, rule, now):
+                if point.property != raw.ref.point:
+                    # telemetry speaks the product's names, like desired and reported state
+                    reading = replace(reading, ref=replace(reading.ref, point=point.property))
                 checked.append(reading)
             if reading.quality is not Quality.GOOD:
                 continue

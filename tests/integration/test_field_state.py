@@ -189,3 +189,16 @@ async def test_deadband_thins_telemetry_but_not_the_first_value(tmp_path):
     steps = [round(b - a, 6) for a, b in itertools.pairwise(values)]
     assert all(step >= 0.45 for step in steps), steps
     assert all(step <= 0.5 + 1e-6 for step in steps), steps  # nothing beyond the deadband lost
+
+
+async def test_telemetry_uses_the_product_property_name(tmp_path):
+    settings = store_settings(tmp_path, connections={"virtual": {"driver": "memory", "devices": {
+        "room1": {"product_id": "thermostat", "interval_s": 0.02, "points": {
+            "t_raw": {"initial": 19.5, "property": "temperature"}}}}}})  # fmt: skip
+    latest = LatestValues()
+    async with running_app(settings, latest):
+        async with asyncio.timeout(10):
+            while "virtual/room1/temperature" not in latest.values:
+                await asyncio.sleep(0.02)
+    assert latest.values["virtual/room1/temperature"].value == 19.5
+    assert "virtual/room1/t_raw" not in latest.values
