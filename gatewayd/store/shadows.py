@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.products import Product, ProductCatalog, PropertyDef
+from gatewayd.products import Product, ProductCatalog, PropertyDef, ServiceDef
 from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
@@ -272,20 +272,11 @@ class ShadowStore:
             )
         desired = dict(row.desired) if row and update.desired else {}
         for name, value in update.desired.items():
-            prop = service.property(name)
-            if prop is None:
-                raise InvalidField(
-                    f"{where}.desired.{name}", f"service {service.service_id} has no such property"
-                )
-            if value is None:
+            checked = _check_desired(service, name, value, f"{where}.desired.{name}")
+            if checked is None:
                 desired.pop(name, None)
-                continue
-            if not prop.writable:
-                raise InvalidField(f"{where}.desired.{name}", "the property is read-only")
-            try:
-                desired[name] = PropertyValue(prop.check(value), now)
-            except ValueError as exc:
-                raise InvalidField(f"{where}.desired.{name}", str(exc)) from None
+            else:
+                desired[name] = PropertyValue(checked, now)
         _write_row(conn, device_id, update.service_id, version + 1, desired, None)
 
 
@@ -308,21 +299,27 @@ def initial_desired(
         if not values:
             current.clear()
         for name, value in values.items():
-            prop = service.property(name)
-            if prop is None:
-                raise InvalidField(
-                    f"{field}.{i}.desired.{name}", f"service {service_id} has no such property"
-                )
-            if value is None:
+            checked = _check_desired(service, name, value, f"{field}.{i}.desired.{name}")
+            if checked is None:
                 current.pop(name, None)
-                continue
-            if not prop.writable:
-                raise InvalidField(f"{field}.{i}.desired.{name}", "the property is read-only")
-            try:
-                current[name] = prop.check(value)
-            except ValueError as exc:
-                raise InvalidField(f"{field}.{i}.desired.{name}", str(exc)) from None
+            else:
+                current[name] = checked
     return desired
+
+
+def _check_desired(service: ServiceDef, name: str, value: Any, where: str) -> Any:
+    """The stored form of one desired value, None to delete it; InvalidField names `where`."""
+    prop = service.property(name)
+    if prop is None:
+        raise InvalidField(where, f"service {service.service_id} has no such property")
+    if value is None:
+        return None
+    if not prop.writable:
+        raise InvalidField(where, "the property is read-only")
+    try:
+        return prop.check(value)
+    except ValueError as exc:
+        raise InvalidField(where, str(exc)) from None
 
 
 def insert_shadows(

@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gatewayd.bridge.sink import LatestValues
 from gatewayd.devices import DeviceStatus
@@ -78,26 +79,20 @@ async def test_readings_make_the_device_online_and_fill_reported(tmp_path):
     await _with_api(_settings(tmp_path), test)
 
 
-async def test_desired_change_is_written_then_reported_after_read_back(tmp_path):
+@pytest.mark.parametrize(
+    "setpoint",
+    [{}, {"scale": 0.5, "initial": 40}],  # scaled: 23.5 is raw 47 in the device
+    ids=["plain", "scaled"],
+)
+async def test_desired_change_is_written_then_reported_after_read_back(tmp_path, setpoint):
     async def test(api, app):
         status, body = await api.put_desired({"setpoint": 23.5})
         assert status == 200, body
         await eventually(lambda: api.reported("setpoint"), 23.5)
-        # reported follows the device: the field really holds the value
+        # reported follows the device: the field really holds the value (read back, normalised)
         assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 23.5
 
-    await _with_api(_settings(tmp_path), test)
-
-
-async def test_scaled_point_is_written_in_raw_units(tmp_path):
-    # engineering value = raw * 0.5, so a setpoint of 23.5 is raw 47 in the device
-    async def test(api, app):
-        status, body = await api.put_desired({"setpoint": 23.5})
-        assert status == 200, body
-        await eventually(lambda: api.reported("setpoint"), 23.5)
-        assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 23.5
-
-    await _with_api(_settings(tmp_path, scale=0.5, initial=40), test)
+    await _with_api(_settings(tmp_path, **setpoint), test)
 
 
 async def test_property_without_writable_point_is_not_written(tmp_path):
