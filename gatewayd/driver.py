@@ -137,8 +137,12 @@ def _fill_ids(data: Any, key: str) -> Any:
 class Session(Protocol[D_contra, P_contra]):
     """An open connection to one physical resource; valid only inside `Driver.connect()`."""
 
-    async def read(self, device: D_contra, points: Sequence[P_contra]) -> list[Sample]:
-        """Read once, batched. Raise DeviceUnavailable when the device does not answer."""
+    async def read(self, device: D_contra, points: Sequence[P_contra]) -> Sequence[Sample]:
+        """Read once, batched. Raise DeviceUnavailable when the device does not answer.
+
+        A list of Samples will do; a busy driver returns a `gatewayd.batch.SampleBatch`, which
+        the runner passes on as columns without making an object per value.
+        """
         ...
 
     async def write(self, device: D_contra, point: P_contra, value: Value) -> None:

@@ -25,8 +25,9 @@ from drivers.modbus.config import (
     ModbusPoint,
 )
 from drivers.modbus.plan import Block, plan_reads
+from gatewayd.batch import SampleBatch
 from gatewayd.errors import ConnectionLost, DeviceUnavailable, WriteRejected
-from gatewayd.model import Sample, Value
+from gatewayd.model import Value
 
 __all__ = ["EXCEPTION_NAMES", "ExceptionReply", "ModbusSession"]
 
@@ -47,6 +48,7 @@ EXCEPTION_NAMES = {
 # was not refused by the device and may be retried.
 _BUSY_CODES = frozenset({5, 6, 10, 11})
 _PLAN_CACHE = 1024
+_EPOCH = datetime.fromtimestamp(0, UTC)
 # A TCP gateway answers these for a unit behind it that is absent or silent.
 _GATEWAY_CODES = frozenset({10, 11})
 
@@ -62,29 +64,31 @@ class ModbusSession:
     def __init__(self, client: Any, config: ModbusConnection) -> None:
         self._client = client
         self._config = config
-        self._plans: dict[tuple[str, tuple[str, ...]], list[Block]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], _ReadPlan] = {}
         self.requests = 0
 
-    async def read(self, device: ModbusDevice, points: Sequence[ModbusPoint]) -> list[Sample]:
+    async def read(self, device: ModbusDevice, points: Sequence[ModbusPoint]) -> SampleBatch:
         """Read the points with as few requests as the limits allow; samples in `points` order."""
         key = (device.id, tuple(p.id for p in points))
-        blocks = self._plans.get(key)
-        if blocks is None:
-            blocks = plan_reads(device, points)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _ReadPlan(key[1], plan_reads(device, points))
             if len(self._plans) < _PLAN_CACHE:  # polls repeat; ad-hoc reads may not
-                self._plans[key] = blocks
-        samples: dict[str, Sample] = {}
-        for block in blocks:
+                self._plans[key] = plan
+        values: list[Value] = [0] * len(plan.ids)
+        at: list[datetime] = [_EPOCH] * len(plan.ids)
+        for block, slots in plan.blocks:
             data = await self._read_block(device, block)
-            at = datetime.now(UTC)
-            for point in block.points:
-                offset = point.address - block.start
-                if point.is_bit_table:
-                    value: Value = bool(data[offset])
+            now = datetime.now(UTC)
+            for index, offset, point in slots:
+                if point is None:  # uint16, big-endian: the register as it is
+                    values[index] = data[offset]
+                elif point.is_bit_table:
+                    values[index] = bool(data[offset])
                 else:
-                    value = decode(point, data[offset : offset + point.span])
-                samples[point.id] = Sample(point=point.id, value=value, at=at)
-        return [samples[p.id] for p in points]
+                    values[index] = decode(point, data[offset : offset + point.span])
+                at[index] = now
+        return SampleBatch(plan.ids, values, at)
 
     async def write(self, device: ModbusDevice, point: ModbusPoint, value: Value) -> None:
         """Write one raw value: FC 5 for a coil, FC 6 for one register, FC 16 for more.
@@ -209,6 +213,26 @@ class ModbusSession:
         if not self._client.connected:
             return ConnectionLost(f"{self._config.target}: connection lost ({device.id}: {text})")
         return DeviceUnavailable(f"{device.id}: {text}")
+
+
+class _ReadPlan:
+    """The requests of one poll and where each decoded value goes: made once per point set."""
+
+    __slots__ = ("blocks", "ids")
+
+    def __init__(self, ids: tuple[str, ...], blocks: list[Block]) -> None:
+        self.ids = ids
+        where = {point_id: i for i, point_id in enumerate(ids)}
+        self.blocks: list[tuple[Block, list[tuple[int, int, ModbusPoint | None]]]] = [
+            (block, [(where[p.id], p.address - block.start, _decoder(p)) for p in block.points])
+            for block in blocks
+        ]
+
+
+def _decoder(point: ModbusPoint) -> ModbusPoint | None:
+    """None for a plain register (uint16, big-endian), which needs no decoding."""
+    plain = not point.is_bit_table and point.type == "uint16" and point.byte_order == "big"
+    return None if plain else point
 
 
 class ExceptionReply(DeviceUnavailable):

@@ -15,13 +15,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.bridge.points import PointIndex
+from gatewayd.batch import ReadingBatch
+from gatewayd.bridge.points import BoundDevice, PointIndex
 from gatewayd.bridge.reporting import ReportPolicy
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.devices import DeviceStatus
-from gatewayd.model import Availability, Quality, Reading
+from gatewayd.model import Availability, PointRef, Quality, Reading, Value
 from gatewayd.store.errors import RegistryError
 from gatewayd.store.registry import Registry
 from gatewayd.store.shadows import ShadowStore
@@ -58,12 +60,29 @@ class FieldState:
         self._complained: set[tuple[str, str]] = set()
         self._policy = ReportPolicy()
         self._clock = clock
+        self._plans: dict[tuple[str, tuple[str, ...]], _Columns | None] = {}
+        # per device, per point set: the values of the last batch (see `_columns`)
+        self._seen: dict[str, dict[tuple[str, ...], list[Value | None]]] = {}
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
         """Check values against the product, update reported shadows, pass them on."""
         bound = self._index.by_key(connection, device)
         if bound is None:
             return
+        plan = self._plan(bound, batch.points) if isinstance(batch, ReadingBatch) else None
+        if plan is not None:
+            assert isinstance(batch, ReadingBatch)
+            columns, changed = self._columns(bound, plan, batch)
+            await self._store(connection, device, bound.device_id, changed, columns)
+        else:
+            checked, changed = self._one_by_one(bound, batch)
+            await self._store(connection, device, bound.device_id, changed, checked)
+
+    def _one_by_one(
+        self, bound: BoundDevice, batch: Sequence[Reading]
+    ) -> tuple[list[Reading], dict[str, dict[str, Any]]]:
+        """Product check, reporting rule and change detection, reading by reading."""
+        self._seen.pop(bound.device_id, None)  # the column memory may now be stale
         checked: list[Reading] = []
         changed: dict[str, dict[str, Any]] = {}
         now = self._clock()
@@ -87,7 +106,7 @@ class FieldState:
             if key not in self._last or self._last[key] != reading.value:
                 self._last[key] = reading.value
                 changed.setdefault(point.service_id, {})[point.property] = _json(reading.value)
-        await self._store(connection, device, bound.device_id, changed, checked)
+        return checked, changed
 
     async def _store(
         self,
@@ -95,7 +114,7 @@ class FieldState:
         device: str,
         device_id: str,
         changed: dict[str, dict[str, Any]],
-        checked: list[Reading],
+        checked: Sequence[Reading],
     ) -> None:
         """Report changed values to the shadow and pass the readings on, side by side.
 
@@ -113,6 +132,71 @@ class FieldState:
             raise
         if shadow is not None:
             await shadow
+
+    def _plan(self, bound: BoundDevice, points: tuple[str, ...]) -> _Columns | None:
+        key = (bound.device_id, points)
+        plan = self._plans.get(key, _NO_PLAN)
+        if plan is _NO_PLAN:
+            plan = _Columns.make(bound, points)
+            if len(self._plans) < _PLANS:
+                self._plans[key] = plan
+        return plan
+
+    def _columns(
+        self, bound: BoundDevice, plan: _Columns, batch: ReadingBatch
+    ) -> tuple[ReadingBatch, dict[str, dict[str, Any]]]:
+        """The per-reading path of `readings()` on whole columns (no reporting rules).
+
+        Returns the batch under the product's property names, and the changed GOOD values by
+        service for the reported shadow.
+        """
+        values, quality = batch.values, batch.quality
+        if bound.product is not None:
+            values, quality = self._check_columns(bound, plan, values, quality)
+        out = ReadingBatch(
+            batch.connection, batch.device, plan.properties, values, batch.units, batch.at, quality
+        )
+        seen = self._seen.setdefault(bound.device_id, {})
+        last = seen.get(plan.points)
+        if last is not None and last == values and quality is None:
+            return out, {}  # nothing changed: the common case for slow-moving values
+        seen[plan.points] = values
+        changed: dict[str, dict[str, Any]] = {}
+        for i, value in enumerate(values):
+            if value is None or (quality is not None and quality[i] is not Quality.GOOD):
+                continue
+            if last is not None and last[i] == value:
+                continue
+            service_id, prop = plan.services[i], plan.properties[i]
+            self._last[(bound.device_id, service_id, prop)] = value
+            changed.setdefault(service_id, {})[prop] = _json(value)
+        return out, changed
+
+    def _check_columns(
+        self,
+        bound: BoundDevice,
+        plan: _Columns,
+        values: list[Value | None],
+        quality: list[Quality] | None,
+    ) -> tuple[list[Value | None], list[Quality] | None]:
+        """Product checks, value by value; copies the columns only when one changes."""
+        out_values, out_quality = values, quality
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            reading = Reading(_REF, value, None, _EPOCH)
+            checked = self._check(
+                bound.device_id, bound.product, plan.services[i], plan.properties[i], reading
+            )
+            if checked.quality is Quality.BAD:
+                if out_quality is None or out_quality is quality:
+                    out_quality = list(quality or [Quality.GOOD] * len(values))
+                out_quality[i] = Quality.BAD
+            elif checked.value != value or type(checked.value) is not type(value):
+                if out_values is values:
+                    out_values = list(values)
+                out_values[i] = checked.value
+        return out_values, out_quality
 
     async def _report(self, device_id: str, changed: dict[str, dict[str, Any]]) -> None:
         for service_id, props in changed.items():
@@ -164,6 +248,37 @@ class FieldState:
         if (device_id, what) not in self._complained:
             self._complained.add((device_id, what))
             log.warning("%s: %s", device_id, message)
+
+
+class _Columns:
+    """What the column path needs of a point set: names and services, once per set."""
+
+    __slots__ = ("points", "properties", "services")
+
+    def __init__(
+        self, points: tuple[str, ...], properties: tuple[str, ...], services: tuple[str, ...]
+    ) -> None:
+        self.points = points
+        self.properties = properties
+        self.services = services
+
+    @classmethod
+    def make(cls, bound: BoundDevice, points: tuple[str, ...]) -> _Columns | None:
+        """None when a point is unknown or reports by rule: those take the per-reading path."""
+        found = [bound.by_point.get(p) for p in points]
+        if any(b is None or b.rule is not None for b in found):
+            return None
+        bps = [b for b in found if b is not None]
+        properties = tuple(b.property for b in bps)
+        if properties == points:
+            properties = points  # one tuple object shared by every batch of this set
+        return cls(points, properties, tuple(b.service_id for b in bps))
+
+
+_NO_PLAN = _Columns((), (), ())
+_PLANS = 4096
+_REF = PointRef("", "", "")
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def _json(value: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
+from gatewayd.batch import ReadingBatch, SampleBatch
 from gatewayd.driver import PointConfig
 from gatewayd.model import PointRef, Quality, Reading, Sample, Value
 
-__all__ = ["normalise", "to_raw"]
+__all__ = ["BatchNormaliser", "normalise", "to_raw"]
 
 
 def normalise(connection: str, device: str, point: PointConfig, sample: Sample) -> Reading:
@@ -40,6 +42,73 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
 
 
 _NUMBER = (int, float)
+_PLANS = 4096
+
+
+class BatchNormaliser:
+    """`normalise()` for a whole SampleBatch: columns in, columns out.
+
+    What a set of points needs (units, which ones scale) is worked out once per set and
+    kept, so a poll costs a list copy plus the arithmetic of the points that scale.
+
+    Args:
+        connection: the connection id the batches come from.
+    """
+
+    def __init__(self, connection: str) -> None:
+        self._connection = connection
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan | None] = {}
+
+    def __call__(
+        self, device: str, points: Mapping[str, PointConfig], batch: SampleBatch
+    ) -> ReadingBatch | None:
+        """The batch normalised; None when it names a point the device does not have."""
+        key = (device, batch.points)
+        plan = self._plans.get(key, _UNKNOWN)
+        if plan is _UNKNOWN:
+            plan = _Plan.make(points, batch.points)
+            if len(self._plans) < _PLANS:
+                self._plans[key] = plan
+        if plan is None:
+            return None
+        values: list[Value | None] = list(batch.values)
+        for i, scale, offset in plan.scaled:
+            value = values[i]
+            if isinstance(value, _NUMBER) and not isinstance(value, bool):
+                values[i] = float(f"{value * scale + offset:.12g}")
+        quality = None
+        if any(v != v for v in values):  # NaN from a sensor  # noqa: PLR0124
+            quality = [Quality.BAD if v != v else Quality.GOOD for v in values]  # noqa: PLR0124
+        return ReadingBatch(
+            self._connection, device, batch.points, values, plan.units, batch.at, quality
+        )
+
+
+class _Plan:
+    __slots__ = ("scaled", "units")
+
+    def __init__(
+        self, units: tuple[str | None, ...], scaled: list[tuple[int, float, float]]
+    ) -> None:
+        self.units = units
+        self.scaled = scaled
+
+    @classmethod
+    def make(cls, points: Mapping[str, PointConfig], ids: tuple[str, ...]) -> _Plan | None:
+        if any(p not in points for p in ids):
+            return None
+        configs = [points[p] for p in ids]
+        return cls(
+            tuple(c.unit for c in configs),
+            [
+                (i, c.scale, c.offset)
+                for i, c in enumerate(configs)
+                if c.scale != 1.0 or c.offset != 0.0
+            ],
+        )
+
+
+_UNKNOWN = _Plan((), [])
 
 
 @functools.lru_cache(maxsize=65536)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gatewayd.backoff import Backoff
+from gatewayd.batch import SampleBatch
 from gatewayd.bridge.breaker import Breaker
 from gatewayd.bridge.jobs import Job, Priority, phase, settle
 from gatewayd.bridge.limits import RunnerLimits
-from gatewayd.bridge.normalise import normalise, to_raw
+from gatewayd.bridge.normalise import BatchNormaliser, normalise, to_raw
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.driver import ConnectionConfig, DeviceConfig, Driver, PointConfig, Session, Watchable
 from gatewayd.errors import ConnectionLost, DeviceUnavailable, TransientError
@@ -74,6 +75,7 @@ class ConnectionRunner:
         self._limits = limits or RunnerLimits.from_config(config)
         self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] | None = None
         self._seq = itertools.count()
+        self._batches = BatchNormaliser(connection_id)
         self._pending_polls: set[tuple[str, float]] = set()
         self._owed_polls: set[tuple[str, float]] = set()
         lim = self._limits
@@ -105,7 +107,7 @@ class ConnectionRunner:
         point = device.points[point_id]
         await self._submit(Job(Priority.WRITE, device, [point], to_raw(point, value)))
 
-    async def read(self, device_id: str, point_ids: Sequence[str]) -> list[Reading]:
+    async def read(self, device_id: str, point_ids: Sequence[str]) -> Sequence[Reading]:
         """Read now, ahead of polls (a read-back after a write, a technician's request)."""
         device = self._devices[device_id]
         points = [device.points[p] for p in point_ids]
@@ -328,7 +330,11 @@ class ConnectionRunner:
             msg = f"{job.device.id}: no answer within {self._limits.job_timeout_s} s"
             raise DeviceUnavailable(msg) from None
 
-    def _normalise(self, device: DeviceConfig[Any], samples: list[Sample]) -> list[Reading]:
+    def _normalise(self, device: DeviceConfig[Any], samples: Sequence[Sample]) -> Sequence[Reading]:
+        if isinstance(samples, SampleBatch):
+            batch = self._batches(device.id, device.points, samples)
+            if batch is not None:
+                return batch
         return [
             normalise(self.id, device.id, device.points[s.point], s)
             for s in samples

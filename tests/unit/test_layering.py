@@ -10,7 +10,13 @@ from pathlib import Path
 
 from tests.helpers import ROOT
 
-CONTRACTS = {"gatewayd.model", "gatewayd.driver", "gatewayd.errors", "gatewayd.backoff"}
+CONTRACTS = {
+    "gatewayd.model",
+    "gatewayd.batch",
+    "gatewayd.driver",
+    "gatewayd.errors",
+    "gatewayd.backoff",
+}
 TOP = {"gatewayd.app", "gatewayd.cli", "gatewayd.demo", "gatewayd.__main__"}
 
 
