@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from gatewayd.batch import ReadingBatch
 from gatewayd.cloud.children import ChildrenSource, StatusBoard
 from gatewayd.cloud.dialects import native
 from gatewayd.model import Availability, Quality, Reading
@@ -40,15 +41,11 @@ class TelemetrySink:
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
         """Append one telemetry record for the batch; returns once it is durable."""
-        values: dict[str, Any] = {
-            r.ref.point: r.value
-            for r in batch
-            if r.value is not None and r.quality is not Quality.BAD
-        }
+        values = _values(batch)
         if not values:
             return
         device_id = self._device_id(connection, device)
-        at = max(r.at for r in batch)
+        at = max(batch.at) if isinstance(batch, ReadingBatch) else max(r.at for r in batch)
         try:
             await self._outbox.append(device_id, "telemetry", native.telemetry(at, values))
         except OutboxFull as exc:
@@ -74,3 +71,19 @@ class TelemetrySink:
             msg = f"{connection}/{device} is not a configured device"
             raise KeyError(msg)
         return device_id
+
+
+def _values(batch: Sequence[Reading]) -> dict[str, Any]:
+    """Point -> value of the readings that have a usable value."""
+    if isinstance(batch, ReadingBatch):
+        if batch.good():
+            return dict(zip(batch.points, batch.values, strict=True))
+        quality = batch.quality or [Quality.GOOD] * len(batch)
+        return {
+            p: v
+            for p, v, q in zip(batch.points, batch.values, quality, strict=True)
+            if v is not None and q is not Quality.BAD
+        }
+    return {
+        r.ref.point: r.value for r in batch if r.value is not None and r.quality is not Quality.BAD
+    }
