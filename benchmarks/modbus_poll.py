@@ -148,7 +148,8 @@ class _Sink:
             return
         self.values += len(batch)
         if batch:
-            self.ages[int((datetime.now(UTC) - batch[0].at).total_seconds() * 1e5)] += 1
+            at = batch.at[0] if hasattr(batch, "at") else batch[0].at  # columns, or Readings
+            self.ages[int((datetime.now(UTC) - at).total_seconds() * 1e5)] += 1
         prev = self.last.get(connection)
         if prev is not None:
             self.periods[int((now - prev) * 1000)] += 1

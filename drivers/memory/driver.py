@@ -13,9 +13,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from gatewayd.batch import SampleBatch
 from gatewayd.driver import ConnectionConfig, DeviceConfig, PointConfig
 from gatewayd.errors import WriteRejected
-from gatewayd.model import Sample, Value
+from gatewayd.model import Value
 
 __all__ = ["MemoryConnection", "MemoryDevice", "MemoryDriver", "MemoryPoint", "MemorySession"]
 
@@ -47,17 +48,17 @@ class MemorySession:
     def __init__(self, values: dict[tuple[str, str], Value]) -> None:
         self._values = values
 
-    async def read(self, device: MemoryDevice, points: Sequence[MemoryPoint]) -> list[Sample]:
+    async def read(self, device: MemoryDevice, points: Sequence[MemoryPoint]) -> SampleBatch:
         """Return the current values and advance stepping points."""
         now = datetime.now(UTC)
-        samples = []
+        values: list[Value] = []
         for point in points:
             key = (device.id, point.id)
             value = self._values[key]
-            samples.append(Sample(point=point.id, value=value, at=now))
+            values.append(value)
             if point.step and isinstance(value, int | float) and not isinstance(value, bool):
                 self._values[key] = value + point.step
-        return samples
+        return SampleBatch(tuple(p.id for p in points), values, [now] * len(values))
 
     async def write(self, device: MemoryDevice, point: MemoryPoint, value: Value) -> None:
         """Store a value; refuse one whose kind differs from the point's initial value."""

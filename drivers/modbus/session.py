@@ -65,30 +65,44 @@ class ModbusSession:
         self._client = client
         self._config = config
         self._plans: dict[tuple[str, tuple[str, ...]], _ReadPlan] = {}
+        self._by_list: dict[int, tuple[Sequence[ModbusPoint], ModbusDevice, _ReadPlan]] = {}
         self.requests = 0
 
     async def read(self, device: ModbusDevice, points: Sequence[ModbusPoint]) -> SampleBatch:
         """Read the points with as few requests as the limits allow; samples in `points` order."""
+        plan = self._plan(device, points)
+        size = len(plan.ids)
+        values: list[Value] = [0] * size
+        at: list[datetime] = [_EPOCH] * size
+        for block, runs, others in plan.blocks:
+            data = await self._read_block(device, block)
+            now = datetime.now(UTC)
+            for index, offset, length in runs:
+                values[index : index + length] = data[offset : offset + length]
+                at[index : index + length] = [now] * length
+            for index, offset, point in others:
+                if point.is_bit_table:
+                    values[index] = bool(data[offset])
+                else:
+                    values[index] = decode(point, data[offset : offset + point.span])
+                at[index] = now
+        return SampleBatch(plan.ids, values, at)
+
+    def _plan(self, device: ModbusDevice, points: Sequence[ModbusPoint]) -> _ReadPlan:
+        """The plan of this point set, looked up by the identity of the poller's list first."""
+        held = self._by_list.get(id(points))
+        if held is not None and held[0] is points and held[1] is device:
+            return held[2]
         key = (device.id, tuple(p.id for p in points))
         plan = self._plans.get(key)
         if plan is None:
             plan = _ReadPlan(key[1], plan_reads(device, points))
             if len(self._plans) < _PLAN_CACHE:  # polls repeat; ad-hoc reads may not
                 self._plans[key] = plan
-        values: list[Value] = [0] * len(plan.ids)
-        at: list[datetime] = [_EPOCH] * len(plan.ids)
-        for block, slots in plan.blocks:
-            data = await self._read_block(device, block)
-            now = datetime.now(UTC)
-            for index, offset, point in slots:
-                if point is None:  # uint16, big-endian: the register as it is
-                    values[index] = data[offset]
-                elif point.is_bit_table:
-                    values[index] = bool(data[offset])
-                else:
-                    values[index] = decode(point, data[offset : offset + point.span])
-                at[index] = now
-        return SampleBatch(plan.ids, values, at)
+        if len(self._by_list) < _PLAN_CACHE:
+            # holding the list keeps its id from being reused by another object
+            self._by_list[id(points)] = (points, device, plan)
+        return plan
 
     async def write(self, device: ModbusDevice, point: ModbusPoint, value: Value) -> None:
         """Write one raw value: FC 5 for a coil, FC 6 for one register, FC 16 for more.
@@ -216,23 +230,37 @@ class ModbusSession:
 
 
 class _ReadPlan:
-    """The requests of one poll and where each decoded value goes: made once per point set."""
+    """The requests of one poll and where each decoded value goes: made once per point set.
+
+    Plain registers (uint16, big-endian) that sit side by side both in the reply and in the
+    requested order are copied as one slice (a run); every other point is decoded alone.
+    """
 
     __slots__ = ("blocks", "ids")
 
     def __init__(self, ids: tuple[str, ...], blocks: list[Block]) -> None:
         self.ids = ids
         where = {point_id: i for i, point_id in enumerate(ids)}
-        self.blocks: list[tuple[Block, list[tuple[int, int, ModbusPoint | None]]]] = [
-            (block, [(where[p.id], p.address - block.start, _decoder(p)) for p in block.points])
-            for block in blocks
-        ]
+        self.blocks: list[_Slots] = []
+        for block in blocks:
+            runs: list[list[int]] = []  # [index, offset, length]
+            others: list[tuple[int, int, ModbusPoint]] = []
+            for p in block.points:
+                index, offset = where[p.id], p.address - block.start
+                if p.is_bit_table or p.type != "uint16" or p.byte_order != "big":
+                    others.append((index, offset, p))
+                elif (
+                    runs
+                    and runs[-1][0] + runs[-1][2] == index
+                    and (runs[-1][1] + runs[-1][2] == offset)
+                ):
+                    runs[-1][2] += 1
+                else:
+                    runs.append([index, offset, 1])
+            self.blocks.append((block, [(i, o, n) for i, o, n in runs], others))
 
 
-def _decoder(point: ModbusPoint) -> ModbusPoint | None:
-    """None for a plain register (uint16, big-endian), which needs no decoding."""
-    plain = not point.is_bit_table and point.type == "uint16" and point.byte_order == "big"
-    return None if plain else point
+_Slots = tuple[Block, list[tuple[int, int, int]], list[tuple[int, int, ModbusPoint]]]
 
 
 class ExceptionReply(DeviceUnavailable):

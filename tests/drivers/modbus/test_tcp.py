@@ -131,6 +131,38 @@ async def test_fifty_contiguous_registers_are_one_request():
     assert [r.value for r in readings] == list(range(1000, 1050))
 
 
+async def test_any_request_order_gets_each_point_its_own_value():
+    """Plain registers copied as slices must still land under the right point names."""
+    port, req = free_port(), Requests()
+    points: dict[str, dict[str, object]] = {f"r{i}": {"address": 100 + i} for i in range(10)}
+    points["f"] = {"address": 110, "type": "float32"}
+    points.update({f"s{i}": {"address": 112 + i} for i in range(5)})
+    points["le"] = {"address": 117, "type": "uint16", "byte_order": "little"}
+    config = connection(
+        {
+            "driver": "modbus-tcp",
+            "host": "127.0.0.1",
+            "port": port,
+            "devices": {"m": {"unit_id": 1, "interval_s": 30, "points": points}},
+        }
+    )
+    registers = [1000 + i for i in range(10)] + _regs(points["f"], 2.5)
+    registers += [2000 + i for i in range(5)] + [0x0102]
+    order = ["r5", "r6", "r7", "f", "r0", "r1", "s3", "s4", "le", "r2", "r9", "r8", "s0", "r3"]
+    order += ["s1", "s2", "r4"]
+    sink = CountingSink()
+    async with tcp_server([split_device(1, req)], port) as server:
+        await server.context.async_setValues(1, 16, 100, registers)
+        async with running(config, sink) as runner:
+            readings = await runner.read("m", order)
+            again = await runner.read("m", order)  # the cached plan gives the same answer
+    expected = {f"r{i}": 1000 + i for i in range(10)} | {f"s{i}": 2000 + i for i in range(5)}
+    expected |= {"f": 2.5, "le": 0x0201}
+    assert [r.ref.point for r in readings] == order
+    assert {r.ref.point: r.value for r in readings} == expected
+    assert [r.value for r in again] == [r.value for r in readings]
+
+
 async def test_writes_single_and_multiple_with_read_back():
     port, req = free_port(), Requests()
     async with tcp_server([split_device(1, req)], port) as server:

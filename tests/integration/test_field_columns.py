@@ -1,0 +1,102 @@
+"""FieldState gives the same result whether a poll arrives as Readings or as columns.
+
+The column path (`ReadingBatch`) is the hot path of every polled driver; the per-reading path
+is the reference. Both run against their own real state database and must agree on what goes
+downstream and on the reported shadow, poll after poll.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gatewayd.batch import ReadingBatch
+from gatewayd.bridge.field import FieldState
+from gatewayd.bridge.points import PointIndex
+from gatewayd.bridge.sink import LatestValues
+from gatewayd.model import PointRef, Quality, Reading, Value
+from gatewayd.store import open_store
+from tests.store_fixtures import WATER, store_settings
+
+POINTS = ("temp", "flow", "level", "raw_label")
+UNITS = ("°C", "m3/h", "%", None)
+POLLS: list[list[Value | None]] = [
+    [20, 1.5, 80, "pump A"],
+    [20, 1.5, 80, "pump A"],  # nothing changed
+    [21, 1.5, 80, "pump A"],  # one value changed
+    [200, 2.0, 79, "pump A"],  # temperature above the product's max: BAD, not reported
+    [21.0, float("nan"), None, "a label far too long for sixteen"],  # float for int, NaN, none
+    [22, 2.5, 78, "pump B"],
+    [22, 2.5, 78, "pump B"],
+]
+
+
+def _settings(tmp_path: Path) -> Any:
+    points = {
+        "temp": {"initial": 0, "property": "temperature"},
+        "flow": {"initial": 0.0},
+        "level": {"initial": 0},
+        "raw_label": {"initial": "", "property": "label"},
+    }
+    return store_settings(
+        tmp_path,
+        connections={
+            "c": {
+                "driver": "memory",
+                "devices": {"meter": {"product_id": WATER, "interval_s": 60, "points": points}},
+            }
+        },
+    )
+
+
+def _as_readings(values: list[Value | None], at: datetime) -> list[Reading]:
+    return [
+        Reading(PointRef("c", "meter", p), v, u, at, Quality.BAD if v != v else Quality.GOOD)  # noqa: PLR0124
+        for p, v, u in zip(POINTS, values, UNITS, strict=True)
+    ]
+
+
+def _as_columns(values: list[Value | None], at: datetime) -> ReadingBatch:
+    nan = [v != v for v in values]  # noqa: PLR0124
+    quality = [Quality.BAD if n else Quality.GOOD for n in nan] if any(nan) else None
+    return ReadingBatch("c", "meter", POINTS, list(values), UNITS, [at] * len(values), quality)
+
+
+def _seen(sink: LatestValues) -> dict[str, tuple[object, Quality]]:
+    out = {}
+    for key, r in sink.values.items():
+        value = "nan" if r.value != r.value else r.value
+        out[key] = (value, r.quality)
+    return out
+
+
+async def test_columns_and_readings_agree_poll_after_poll(tmp_path):
+    results = []
+    for shape in (_as_readings, _as_columns):
+        settings = _settings(tmp_path / shape.__name__)
+        async with open_store(settings) as store:
+            sink = LatestValues()
+            index = PointIndex(settings.connections, store.products)
+            field = FieldState(index, store.registry, store.shadows, downstream=sink)
+            bound = index.by_key("c", "meter")
+            assert bound is not None
+            steps = []
+            for values in POLLS:
+                sink.values.clear()
+                await field.readings("c", "meter", shape(values, datetime.now(UTC)))
+                shadows = await store.shadows.get(bound.device_id)
+                reported = {
+                    (s.service_id, k): p.value for s in shadows for k, p in s.reported.items()
+                }
+                steps.append((_seen(sink), reported))
+            results.append(steps)
+    by_readings, by_columns = results
+    for i, (one, other) in enumerate(zip(by_readings, by_columns, strict=True)):
+        assert one == other, f"poll {i}: {POLLS[i]}"
+    # and the reference itself says what the product allows
+    last_seen, last_reported = by_readings[-1]
+    assert last_reported[("WaterMeter", "temperature")] == 22
+    assert last_seen["c/meter/label"] == ("pump B", Quality.GOOD)
+    assert by_readings[3][0]["c/meter/temperature"][1] is Quality.BAD
+    assert by_readings[3][1][("WaterMeter", "temperature")] == 21  # the BAD 200 never landed
