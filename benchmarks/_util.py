@@ -9,7 +9,7 @@ import socket
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["cpu_of", "free_port", "pct", "status_kb", "wait_port"]
+__all__ = ["cpu_of", "free_port", "pct", "speed_reference_ms", "status_kb", "wait_port"]
 
 
 def pct(histogram: Counter[int], p: float) -> float:
@@ -21,6 +21,17 @@ def pct(histogram: Counter[int], p: float) -> float:
         if seen >= total * p / 100:
             return float(value)
     return 0.0
+
+
+def speed_reference_ms() -> float:
+    """Best of 5 timings of `sum(range(10**6))`, in ms: how fast this machine runs Python now.
+
+    CPU shares (cores) measured on a shared virtual machine vary with the host's load; this
+    number, taken beside them, tells whether two runs ran on equally fast CPUs.
+    """
+    import timeit  # noqa: PLC0415
+
+    return min(timeit.repeat("sum(range(10**6))", number=1, repeat=5)) * 1000
 
 
 def cpu_of(pid: int, *, system: bool = False, thread: int | None = None) -> float:

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks._util import cpu_of, free_port, pct, status_kb, wait_port
+from benchmarks._util import cpu_of, free_port, pct, speed_reference_ms, status_kb, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE_S = 3.0  # records read inside the window may still arrive this long after it
@@ -151,6 +151,7 @@ async def _run(
     sys.path.insert(0, str(ROOT))
     from tests.mqtt_broker import Broker  # noqa: PLC0415
 
+    speed_ms = speed_reference_ms()  # before anything else runs
     with tempfile.TemporaryDirectory(prefix="gatewayd-e2e-") as tmp:
         work = Path(tmp)
         sim_port = free_port()
@@ -217,6 +218,7 @@ async def _run(
         lat_p99=pct(counter.latency, 99) / 1000,
         lat_max=max(counter.latency, default=0) / 1000,
         log_errors=errors,
+        speed_ms=speed_ms,
     )
     result["ok"] = (
         result["ratio"] >= 0.999
@@ -315,7 +317,8 @@ def _report(r: dict[str, Any]) -> list[str]:
             f"every {r['interval'] * 1000:.0f} ms; one modbus-tcp connection per device to a "
             "pymodbus simulator in its own process; the real daemon publishing to mosquitto on "
             "loopback; subscriber in the benchmark process. "
-            f"Load average at the end: {load}."
+            f"Load average at the end: {load}. Speed reference (`sum(range(10**6))`, best of "
+            f"5, before the run): {r['speed_ms']:.0f} ms."
         ),
         "",
         "| measure | result | target | |",
