@@ -21,7 +21,7 @@ from gatewayd.settings import Settings
 __all__ = ["render_example", "render_reference"]
 
 ROOT = Path(__file__).resolve().parent.parent
-_SECTIONS = ("gateway", "cloud", "outbox", "api", "state_dir", "products", "logging")
+_SECTIONS = ("gateway", "cloud", "outbox", "shadows", "api", "state_dir", "products", "logging")
 
 
 def render_reference() -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "LoggingConfig",
     "OutboxConfig",
     "Settings",
+    "ShadowConfig",
     "TlsConfig",
 ]
 
@@ -151,6 +152,21 @@ class OutboxConfig(_Section):
     )
 
 
+class ShadowConfig(_Section):
+    """Device shadows in the state database."""
+
+    reported_flush_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=60_000,
+        description=(
+            "How stale the stored reported state may be: the field's latest values are "
+            "written at most once per this many ms (reads through the API see them at once); "
+            "0 writes every reading as soon as it arrives."
+        ),
+    )
+
+
 class ApiToken(_Section):
     """A local API token, stored as its SHA-256 hex digest."""
 
@@ -208,6 +224,7 @@ class Settings(BaseSettings):
     gateway: GatewayConfig
     cloud: CloudConfig = Field(default_factory=CloudConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    shadows: ShadowConfig = Field(default_factory=ShadowConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     state_dir: Path = Field(
         default=Path("/var/lib/gatewayd"), description="Registry, shadows and the outbox."

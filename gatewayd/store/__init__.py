@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,13 +36,16 @@ class Store:
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """Load products, open the state database, register the gateway and sync YAML devices.
 
+    While the block runs, noted reported values are flushed every `shadows.reported_flush_ms`;
+    what is still noted at the end is written before the database closes.
+
     Raises:
         ConfigError: bad product files, an unusable database, or a gateway identity that
             breaks the registry rules.
     """
     products = load_products(settings.products)
     async with open_database(settings.state_dir / STATE_FILE) as db:
-        shadows = ShadowStore(db, products)
+        shadows = ShadowStore(db, products, flush_ms=settings.shadows.reported_flush_ms)
         registry = Registry(db, products, shadows)
         gw = settings.gateway
         try:
@@ -51,4 +55,12 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         except RegistryError as exc:
             raise ConfigError(str(exc)) from exc
         report = await sync_configured(registry, settings)
-        yield Store(db, products, registry, shadows, report)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                flusher = tg.create_task(shadows.run(), name="shadows.flush")
+                try:
+                    yield Store(db, products, registry, shadows, report)
+                finally:
+                    flusher.cancel()
+        finally:
+            await shadows.close()

@@ -3,23 +3,26 @@
 Desired state comes from people and the cloud; reported state from the field. Every accepted
 desired change bumps the (device, service) version; a request that names a version only
 applies when it is still current. The core learns of desired changes through
-`desired_changes()`, an async iterator of (device_id, service_id) keys.
+`desired_changes()`, an async iterator of (device_id, service_id) keys. Reported values are
+written through `gatewayd.store.reported`: noted in memory on the field's hot path and
+flushed in batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.products import Product, ProductCatalog, PropertyDef, ServiceDef
+from gatewayd.products import Product, ProductCatalog, ServiceDef
 from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
-from gatewayd.store.group import GroupWriter
+from gatewayd.store.reported import ReportedWriter
 
 __all__ = [
     "DesiredUpdate",
@@ -89,10 +92,15 @@ class DesiredUpdate:
 class ShadowStore:
     """Shadows in the state database.
 
+    Reported values from the field's hot path are noted in memory (`note_reported()`) and
+    written by `run()` at most once per `flush_ms`; every read of a device's shadow writes
+    that device's noted values first, so readers never see older state than was noted.
+
     Args:
         db: the state database.
         products: product models that values are checked against.
         clock: current time (injectable for tests).
+        flush_ms: the shortest time between two writes of noted reported values.
     """
 
     def __init__(
@@ -100,17 +108,18 @@ class ShadowStore:
         db: Database,
         products: ProductCatalog,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        flush_ms: int = 1000,
     ) -> None:
         self._db = db
         self._products = products
         self._clock = clock
         self._feed: ChangeFeed[ShadowKey] = ChangeFeed()
-        self._reported: GroupWriter[tuple[str, str, Mapping[str, Any], datetime]] = GroupWriter(
-            db, lambda conn, item: self._merge_reported(conn, *item)
-        )
+        self._reported = ReportedWriter(db, products, flush_ms / 1000)
 
     async def get(self, device_id: str) -> list[ServiceShadow]:
         """Every service's shadow of the device (the product's services first, in order)."""
+        await self._reported.flush(device_id)
         return await self._db.run(lambda conn: self._get(conn, device_id))
 
     async def delta(self, device_id: str) -> dict[str, dict[str, Any]]:
@@ -141,9 +150,50 @@ class ShadowStore:
                 self._apply_desired(conn, device_id, product, update, where, now)
             return self._get(conn, device_id)
 
+        await self._reported.flush(device_id)  # the reply carries the reported state too
         result = await self._db.transact(work)
         self._feed.notify((device_id, u.service_id) for u in updates)
         return result
+
+    def note_reported(
+        self,
+        device_id: str,
+        service_id: str,
+        props: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> None:
+        """Note values read from the field; they are written within `flush_ms`.
+
+        The field's hot path: no await, no check, only dict work; the latest value of each
+        property wins, stamped with the time of its note (`at`, default now). The flush
+        checks the values against the device's product, merges the accepted ones and
+        activates an INACTIVE device; a refused value or a deleted device is dropped and
+        logged once per (device, service, kind of refusal), never failing the others.
+
+        Raises:
+            RuntimeError: the store is closed.
+        """
+        self._reported.note(device_id, service_id, props, at or self._clock())
+
+    async def flush(self) -> None:
+        """Write every noted reported value now, in one transaction.
+
+        Raises:
+            sqlite3.Error: the transaction failed; the values are kept for the next flush.
+        """
+        await self._reported.flush()
+
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Write noted reported values at most once per `flush_ms`, until cancelled.
+
+        Args:
+            sleep: waits between flushes (injectable for tests).
+        """
+        await self._reported.run(sleep)
+
+    async def close(self) -> None:
+        """Write what is noted; notes after this are refused."""
+        await self._reported.close()
 
     async def report(
         self,
@@ -154,23 +204,24 @@ class ShadowStore:
     ) -> ServiceShadow:
         """Record values the field confirmed; the first data also activates the device.
 
-        Values are checked against the device's product; a device whose product has no file
-        reports any JSON value under any service and property.
+        Values are checked against the device's product (all or none); a device whose
+        product has no file reports any JSON value under any service and property. Values
+        noted for the service before this call are written first, in the same transaction,
+        so none of them can land after these.
 
         Raises:
             DeviceNotFound: no such device.
             InvalidField: unknown service or property, or a value that does not fit.
         """
-        when = at or self._clock()
 
-        def work(conn: sqlite3.Connection) -> ServiceShadow:
-            self._merge_reported(conn, device_id, service_id, props, when)
+        def read(conn: sqlite3.Connection) -> ServiceShadow:
             written = _read_row(conn, device_id, service_id)
-            assert written is not None  # written just above, same transaction
+            assert written is not None  # written just before, same transaction
             return written
 
-        async with self._reported.turn:  # in order with `record_reported()` calls before it
-            return await self._db.transact(work)
+        return await self._reported.write(
+            device_id, service_id, props, at or self._clock(), then=read
+        )
 
     async def record_reported(
         self,
@@ -179,49 +230,16 @@ class ShadowStore:
         props: Mapping[str, Any],
         at: datetime | None = None,
     ) -> None:
-        """`report()` without reading the shadow back: the field's hot path.
+        """`report()` without reading the shadow back; returns once the values are committed.
 
-        Every poll of every device lands here, so concurrent calls share one transaction
-        (`GroupWriter`), and the stored row is merged by SQLite (`json_patch`) instead of
-        being decoded and re-encoded in Python. Returns once the values are committed.
+        Concurrent calls share one transaction. For the field's hot path `note_reported()`
+        is cheaper: it writes once per `flush_ms`, not once per call.
 
         Raises:
             DeviceNotFound: no such device.
             InvalidField: unknown service or property, or a value that does not fit.
         """
-        await self._reported.write((device_id, service_id, props, at or self._clock()))
-
-    def _merge_reported(
-        self,
-        conn: sqlite3.Connection,
-        device_id: str,
-        service_id: str,
-        props: Mapping[str, Any],
-        when: datetime,
-    ) -> None:
-        """Check `props`, merge them into the stored reported state, activate the device.
-
-        A property's stored value is an array `[value, time]`, so the merge patch replaces it
-        whole; keys keep their order and new ones come last, as a dict merge would.
-        """
-        row = conn.execute(
-            "SELECT product_id, status = 'INACTIVE' FROM devices WHERE device_id = ?",
-            (device_id,),
-        ).fetchone()
-        if row is None:
-            raise DeviceNotFound("device_id", f"no device {device_id!r}")
-        product, inactive = self._products.get(row[0]), bool(row[1])
-        values = _check_reported(product, service_id, props)  # JSON values only: no NaN
-        stamp = when.isoformat()  # what _dump() writes, formatted once for all properties
-        patch = json.dumps({k: [v, stamp] for k, v in values.items()})
-        conn.execute(
-            "INSERT INTO shadows (device_id, service_id, version, desired, reported) "
-            "VALUES (?, ?, 0, '{}', ?) ON CONFLICT (device_id, service_id) DO UPDATE SET "
-            "reported = json_patch(shadows.reported, excluded.reported)",
-            (device_id, service_id, patch),
-        )
-        if inactive:  # read in this transaction: an active device needs no UPDATE per poll
-            _activate(conn, device_id, when)
+        await self._reported.write(device_id, service_id, props, at or self._clock(), _nothing)
 
     def notify_initial(self, device_id: str, service_ids: Iterable[str]) -> None:
         """Announce the initial desired state of a new device (called by the registry)."""
@@ -338,31 +356,6 @@ def insert_shadows(
         )
 
 
-def _check_reported(
-    product: Product | None, service_id: str, props: Mapping[str, Any]
-) -> dict[str, Any]:
-    if product is None:
-        free = PropertyDef(name="value", type="json")
-        checks = dict.fromkeys(props, free)
-    else:
-        service = product.service(service_id)
-        if service is None:
-            raise InvalidField("service_id", f"the product has no service {service_id!r}")
-        checks = {}
-        for name in props:
-            prop = service.property(name)
-            if prop is None:
-                raise InvalidField(name, f"service {service_id} has no property {name!r}")
-            checks[name] = prop
-    checked = {}
-    for name, value in props.items():
-        try:
-            checked[name] = checks[name].check(value)
-        except ValueError as exc:
-            raise InvalidField(name, str(exc)) from None
-    return checked
-
-
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
@@ -429,11 +422,5 @@ def _write_row(  # noqa: PLR0913, PLR0917 - the row's columns
     )
 
 
-def _activate(conn: sqlite3.Connection, device_id: str, at: datetime) -> None:
-    """First data from the field: INACTIVE becomes ONLINE."""
-    stamp = at.isoformat()
-    conn.execute(
-        "UPDATE devices SET status = 'ONLINE', active_time = ?, "
-        "connection_status_update_time = ? WHERE device_id = ? AND status = 'INACTIVE'",
-        (stamp, stamp, device_id),
-    )
+def _nothing(conn: sqlite3.Connection) -> None:
+    del conn

@@ -329,6 +329,9 @@ async def test_shadow_get_and_conditional_put(api):
     status, body = await api.call("GET", path, token=READER)
     assert body["shadow"][0]["reported"]["properties"] == {"flow": 2.0}
     assert body["device_id"] == SEED_ID
+    api.app.store.shadows.note_reported(SEED_ID, "WaterMeter", {"flow": 3})  # the field's path
+    status, body = await api.call("GET", path, token=READER)
+    assert body["shadow"][0]["reported"]["properties"] == {"flow": 3.0}
     status, body = await api.call("GET", f"{BASE}/{SEED_ID}")
     assert body["status"] == "ONLINE"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["active_time"])
