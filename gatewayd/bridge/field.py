@@ -10,7 +10,6 @@ reaches the reported shadow.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -116,22 +115,15 @@ class FieldState:
         changed: dict[str, dict[str, Any]],
         checked: Sequence[Reading],
     ) -> None:
-        """Report changed values to the shadow and pass the readings on, side by side.
+        """Note changed values for the reported shadow, then pass the readings on.
 
-        The runner waits for both before it polls the device again, so the two commits
-        (state database, outbox) must not add up.
+        The shadow store writes noted values within `shadows.reported_flush_ms`, so the
+        runner waits only for the outbox before it polls the device again.
         """
-        shadow = asyncio.create_task(self._report(device_id, changed)) if changed else None
-        try:
-            if self._downstream is not None and checked:
-                await self._downstream.readings(connection, device, checked)
-        except BaseException:
-            if shadow is not None:
-                shadow.cancel()
-                await asyncio.wait([shadow])
-            raise
-        if shadow is not None:
-            await shadow
+        for service_id, props in changed.items():
+            self._shadows.note_reported(device_id, service_id, props)
+        if self._downstream is not None and checked:
+            await self._downstream.readings(connection, device, checked)
 
     def _plan(self, bound: BoundDevice, points: tuple[str, ...]) -> _Columns | None:
         key = (bound.device_id, points)
@@ -197,13 +189,6 @@ class FieldState:
                     out_values = list(values)
                 out_values[i] = checked.value
         return out_values, out_quality
-
-    async def _report(self, device_id: str, changed: dict[str, dict[str, Any]]) -> None:
-        for service_id, props in changed.items():
-            try:
-                await self._shadows.record_reported(device_id, service_id, props)
-            except RegistryError as exc:
-                self._complain(device_id, service_id, str(exc))
 
     async def availability(
         self, connection: str, device: str, state: Availability, reason: str
