@@ -55,7 +55,8 @@ class FieldState:
         self._registry = registry
         self._shadows = shadows
         self._downstream = downstream
-        self._last: dict[tuple[str, str, str], Any] = {}
+        # per device: the last value noted for each (service, property), by `_one_by_one`
+        self._last: dict[str, dict[tuple[str, str], Any]] = {}
         self._complained: set[tuple[str, str]] = set()
         self._policy = ReportPolicy()
         self._clock = clock
@@ -82,6 +83,7 @@ class FieldState:
     ) -> tuple[list[Reading], dict[str, dict[str, Any]]]:
         """Product check, reporting rule and change detection, reading by reading."""
         self._seen.pop(bound.device_id, None)  # the column memory may now be stale
+        last = self._last.setdefault(bound.device_id, {})
         checked: list[Reading] = []
         changed: dict[str, dict[str, Any]] = {}
         now = self._clock()
@@ -101,9 +103,9 @@ class FieldState:
                 checked.append(reading)
             if reading.quality is not Quality.GOOD:
                 continue
-            key = (bound.device_id, point.service_id, point.property)
-            if key not in self._last or self._last[key] != reading.value:
-                self._last[key] = reading.value
+            key = (point.service_id, point.property)
+            if key not in last or last[key] != reading.value:
+                last[key] = reading.value
                 changed.setdefault(point.service_id, {})[point.property] = _json(reading.value)
         return checked, changed
 
@@ -153,15 +155,26 @@ class FieldState:
         if last is not None and last == values and quality is None:
             return out, {}  # nothing changed: the common case for slow-moving values
         seen[plan.points] = values
+        self._last.pop(bound.device_id, None)  # the per-reading memory may now be stale
+        if plan.service is not None and quality is None and None not in values:
+            # the common case: one service, every value usable; whole-column work only
+            names = plan.properties
+            if last is None:
+                props = {p: _json(v) for p, v in zip(names, values, strict=True)}
+            else:
+                props = {
+                    p: v.hex() if type(v) is bytes else v
+                    for p, v, old in zip(names, values, last, strict=True)
+                    if v != old
+                }
+            return out, ({plan.service: props} if props else {})
         changed: dict[str, dict[str, Any]] = {}
         for i, value in enumerate(values):
             if value is None or (quality is not None and quality[i] is not Quality.GOOD):
                 continue
             if last is not None and last[i] == value:
                 continue
-            service_id, prop = plan.services[i], plan.properties[i]
-            self._last[(bound.device_id, service_id, prop)] = value
-            changed.setdefault(service_id, {})[prop] = _json(value)
+            changed.setdefault(plan.services[i], {})[plan.properties[i]] = _json(value)
         return out, changed
 
     def _check_columns(
@@ -238,7 +251,7 @@ class FieldState:
 class _Columns:
     """What the column path needs of a point set: names and services, once per set."""
 
-    __slots__ = ("points", "properties", "services")
+    __slots__ = ("points", "properties", "service", "services")
 
     def __init__(
         self, points: tuple[str, ...], properties: tuple[str, ...], services: tuple[str, ...]
@@ -246,6 +259,8 @@ class _Columns:
         self.points = points
         self.properties = properties
         self.services = services
+        # the one service of every point, if they share one
+        self.service = services[0] if services and len(set(services)) == 1 else None
 
     @classmethod
     def make(cls, bound: BoundDevice, points: tuple[str, ...]) -> _Columns | None:

@@ -92,7 +92,9 @@ def encode_json(body: Mapping[str, Any]) -> bytes:
 
 def iso_timestamp(at: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and `Z`, as the seed's examples."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="milliseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 def telemetry(at: datetime, telemetries: Mapping[str, Any]) -> bytes:
