@@ -9,6 +9,9 @@ producers rather than being bound by one fsync each.
 Records leave only by `ack()` (the broker accepted them), `dead_letter()` (the broker refused
 them), or a bound (`max_bytes`, `max_age_s`, the free-disk floor); every drop is counted by
 reason and device.
+
+Committed records also go to an in-memory tail (`gatewayd.store.outbox_tail`) until they are
+acknowledged, so `fetch()` serves a pump that keeps up without reading SQLite.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from gatewayd.settings import OutboxConfig
-from gatewayd.store.outbox_db import Batch, OutboxTables, Record, migrate
+from gatewayd.store.outbox_db import Batch, Committed, OutboxTables, Record, migrate
+from gatewayd.store.outbox_tail import TAIL_BYTES, Tail
 from gatewayd.store.sqlite_worker import SqliteWorker
 
 __all__ = ["DeadLetter", "Outbox", "OutboxFull", "OutboxStats", "Record", "open_outbox"]
@@ -75,9 +79,10 @@ class Outbox:
         config: bounds and durability.
         disk_free: free bytes on the store's file system (injectable for tests).
         clock: wall clock for record ages.
+        tail_bytes: memory bound of the tail of unacknowledged records.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - collaborators and bounds, all injected
         self,
         worker: SqliteWorker,
         tables: OutboxTables,
@@ -85,6 +90,7 @@ class Outbox:
         *,
         disk_free: Callable[[], int],
         clock: Callable[[], float] = time.time,
+        tail_bytes: int = TAIL_BYTES,
     ) -> None:
         self.worker = worker
         self._tables = tables
@@ -97,6 +103,8 @@ class Outbox:
         self._pending_bytes = 0
         self._acks: list[int] = []
         self._acked: set[int] = set()
+        self._known: dict[int, Record] = {}  # acknowledged or dead records taken from the tail
+        self._tail = Tail(floor=tables.last_id, backlog=tables.waiting, max_bytes=tail_bytes)
         self._dead: list[tuple[int, int | None, str, float]] = []
         self._drops: dict[tuple[str, str], int] = {}
         self._wake = asyncio.Event()
@@ -154,23 +162,42 @@ class Outbox:
 
     def ack(self, row_id: int) -> None:
         """The broker accepted the record: delete it in the next commit."""
+        self._take(row_id)
         self._acks.append(row_id)
-        self._acked.add(row_id)
         self._wake.set()
 
     def dead_letter(self, row_id: int, reason_code: int | None, reason: str) -> None:
         """Move a record the broker refused to the dead-letter table."""
+        self._take(row_id)
         self._dead.append((row_id, reason_code, reason, self._clock()))
-        self._acked.add(row_id)
         self._wake.set()
         log.warning("outbox record %d moved to dead letters: %s", row_id, reason)
 
+    def _take(self, row_id: int) -> None:
+        # Out of the tail at once, so no fetch hands it out again.
+        self._acked.add(row_id)
+        record = self._tail.pop(row_id)
+        if record is not None:
+            self._known[row_id] = record
+
     async def fetch(self, after: Mapping[str, int], per_device: int) -> list[Record]:
-        """The oldest records of each device beyond its cursor (`after[device]`, a row id)."""
-        skip = frozenset(self._acked)
-        return await self.worker.call(
-            lambda conn: self._tables.fetch(conn, after, per_device, skip)
-        )
+        """The oldest records of each device beyond its cursor (`after[device]`, a row id).
+
+        Up to `per_device` per device, oldest first within a device; devices in the order of
+        their oldest record returned. Devices caught up with the tail are served from memory,
+        the others (a backlog, a session starting over) from SQLite.
+        """
+        lanes, behind = self._tail.fetch(after, per_device)
+        if behind:
+            skip = frozenset(self._acked)
+            rows = await self.worker.call(
+                lambda conn: self._tables.fetch(conn, behind, per_device, skip)
+            )
+            lanes.extend(_lanes(rows))
+        if len(lanes) == 1:
+            return lanes[0]
+        lanes.sort(key=lambda lane: lane[0].id)
+        return [record for lane in lanes for record in lane]
 
     async def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead letters, newest first."""
@@ -236,9 +263,10 @@ class Outbox:
     async def _commit(self) -> None:
         if not (self._pending or self._acks or self._dead or self._drops):
             return
-        batch = Batch(self._pending, self._acks, self._dead, self._drops)
+        batch = Batch(self._pending, self._acks, self._dead, self._drops, self._known)
         waiters = self._waiters
         self._pending, self._waiters, self._acks, self._dead, self._drops = [], [], [], [], {}
+        self._known = {}
         self._pending_bytes = 0
         max_bytes = self._config.max_bytes if self._config.policy == "drop_oldest" else None
         done = self.worker.submit(lambda conn: self._tables.commit(conn, batch, max_bytes))
@@ -248,7 +276,7 @@ class Outbox:
 
     def _committed(
         self,
-        fut: asyncio.Future[list[tuple[str, int]]],
+        fut: asyncio.Future[Committed],
         batch: Batch,
         waiters: list[asyncio.Future[None]],
     ) -> None:
@@ -259,17 +287,24 @@ class Outbox:
                 if not waiter.done():
                     waiter.set_exception(failure)
             self._acked.difference_update(batch.acks)  # not deleted: they may be sent again
+            self._tail.disown(list(batch.known.values()))  # still in the file: read from there
             return
         self._acked.difference_update(batch.acks)
         self._acked.difference_update(row for row, *_ in batch.dead)
+        done = fut.result()
+        if done.first:
+            self._tail.add(
+                Record(row_id, *row) for row_id, row in enumerate(batch.inserts, done.first)
+            )
+        if done.dropped_through:
+            self._tail.drop_through(done.dropped_through)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        dropped = fut.result()
-        if dropped:
+        if done.dropped:
             log.warning(
                 "outbox at max_bytes: dropped the oldest %s",
-                ", ".join(f"{n} of {d}" for d, n in dropped),
+                ", ".join(f"{n} of {d}" for d, n in done.dropped.items()),
             )
         if batch.inserts:
             self._dirty = True
@@ -288,13 +323,26 @@ class Outbox:
                 continue
             next_sweep = now + MAINTENANCE_S
             self.check_disk()
-            cutoff = self._clock() - self._config.max_age_s
-            expired = await self.worker.call(partial(self._tables.expire, cutoff=cutoff))
-            if expired:
-                log.warning(
-                    "outbox: dropped records older than max_age_s: %s",
-                    ", ".join(f"{n} of {d}" for d, n in expired.items()),
-                )
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Drop records older than `max_age_s`; forget the backlog once the file holds none.
+
+        Maintenance runs it every second.
+        """
+        cutoff = self._clock() - self._config.max_age_s
+        expired, through = await self.worker.call(partial(self._tables.expire, cutoff=cutoff))
+        if through:
+            self._tail.forget_through(through)
+        if expired:
+            log.warning(
+                "outbox: dropped records older than max_age_s: %s",
+                ", ".join(f"{n} of {d}" for d, n in expired.items()),
+            )
+        if self._tail.backlog:
+            floor = self._tail.floor
+            if not await self.worker.call(partial(self._tables.any_through, row_id=floor)):
+                self._tail.prune(floor)
 
     def check_disk(self) -> None:
         """Compare free disk with the floor; below it, appends are refused."""
@@ -321,19 +369,31 @@ class Outbox:
         await self.worker.close()
 
 
+def _lanes(records: Sequence[Record]) -> list[list[Record]]:
+    """Split records that come device by device into one list per device."""
+    lanes: list[list[Record]] = []
+    for record in records:
+        if lanes and lanes[-1][0].device == record.device:
+            lanes[-1].append(record)
+        else:
+            lanes.append([record])
+    return lanes
+
+
 def _sync_wal(conn: sqlite3.Connection) -> None:
     # A passive checkpoint fsyncs the WAL first: this bounds what a power cut can lose.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 @contextlib.asynccontextmanager
-async def open_outbox(
+async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
     path: Path,
     config: OutboxConfig,
     *,
     disk_free: Callable[[], int] | None = None,
     schema: Callable[[sqlite3.Connection], None] | None = None,
     clock: Callable[[], float] = time.time,
+    tail_bytes: int = TAIL_BYTES,
 ) -> AsyncIterator[Outbox]:
     """Open the file, run the commit loop while the block runs, then flush and close.
 
@@ -343,6 +403,7 @@ async def open_outbox(
         disk_free: free bytes on the file system; defaults to `shutil.disk_usage`.
         schema: more tables kept in the same file (downlink state), created at open.
         clock: wall clock for record ages (injectable for tests).
+        tail_bytes: memory bound of the tail of unacknowledged records (small in tests).
     """
     worker = SqliteWorker(
         path, synchronous="FULL" if config.durability == "full" else "NORMAL", name="outbox"
@@ -362,6 +423,7 @@ async def open_outbox(
         config,
         disk_free=disk_free or (lambda: shutil.disk_usage(path.parent).free),
         clock=clock,
+        tail_bytes=tail_bytes,
     )
     outbox.check_disk()
     log.info(

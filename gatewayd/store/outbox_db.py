@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Batch", "OutboxTables", "Record", "migrate"]
+__all__ = ["Batch", "Committed", "OutboxTables", "Record", "migrate"]
 
 SCHEMA_VERSION = 1
 
@@ -69,12 +69,33 @@ class Record:
 
 @dataclass(slots=True)
 class Batch:
-    """What one group commit writes."""
+    """What one group commit writes.
+
+    `known` holds the acknowledged or dead-lettered records the in-memory tail still had: their
+    payload sizes are known, so deleting them needs no read-back.
+    """
 
     inserts: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)
     dead: list[tuple[int, int | None, str, float]] = field(default_factory=list)
     drops: dict[tuple[str, str], int] = field(default_factory=dict)
+    known: dict[int, Record] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a group commit did, for the asyncio side.
+
+    Args:
+        first: the id of the first inserted record (the rest follow consecutively); 0 if none.
+        dropped: records dropped for `max_bytes`, per device.
+        dropped_through: the largest id dropped for `max_bytes` (every id up to it is gone);
+            0 if none.
+    """
+
+    first: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_through: int = 0
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -90,30 +111,35 @@ def migrate(conn: sqlite3.Connection) -> None:
 class OutboxTables:
     """Counters kept beside the tables so bounds are checked without scanning.
 
-    Only the worker thread calls its methods; the asyncio side reads `bytes`, `count` and
-    `newest` (plain values, replaced whole).
+    Only the worker thread calls its methods; the asyncio side reads `bytes`, `count` (plain
+    values, replaced whole) and, once at open, `last_id` and `waiting`.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM records")
         self.count, self.bytes = row.fetchone()
-        self.newest: dict[str, int] = dict(
+        # The newest id of each device with records in the file at open: the backlog.
+        self.waiting: dict[str, int] = dict(
             conn.execute("SELECT device, MAX(id) FROM records GROUP BY device").fetchall()
         )
+        # AUTOINCREMENT never reuses an id: every later record is newer than this one.
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        self.last_id: int = max([seq[0] if seq else 0, *self.waiting.values()])
         boot = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
         self.boot = int(boot[0]) + 1 if boot else 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (str(self.boot),))
 
-    def commit(
-        self, conn: sqlite3.Connection, batch: Batch, max_bytes: int | None
-    ) -> list[tuple[str, int]]:
+    def commit(self, conn: sqlite3.Connection, batch: Batch, max_bytes: int | None) -> Committed:
         """Write one group commit; with `max_bytes`, drop the oldest records beyond it.
 
-        Returns the (device, count) of records dropped for space.
+        The counters change only once the transaction is committed.
         """
+        first = 0
         dropped: dict[str, int] = {}
+        through = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
+            count, size = self.count, self.bytes
             if batch.inserts:
                 conn.executemany(
                     "INSERT INTO records (record_id, device, kind, payload, created) "
@@ -123,26 +149,37 @@ class OutboxTables:
                 # One writer, one transaction: the new ids are consecutive up to the last.
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 first = last - len(batch.inserts) + 1
-                newest = dict(self.newest)
-                newest.update((r[1], first + i) for i, r in enumerate(batch.inserts))
-                self.newest = newest
-                self.count += len(batch.inserts)
-                self.bytes += sum(len(r[3]) for r in batch.inserts)
-            for row_id, code, reason, at in batch.dead:
-                self._dead_letter(conn, row_id, code, reason, at)
-            if batch.acks:
-                self._delete(conn, batch.acks)
-            if max_bytes is not None and self.bytes > max_bytes:
-                dropped = self._drop_oldest(conn, max_bytes)
-                for device, n in dropped.items():
+                count += len(batch.inserts)
+                size += sum(len(r[3]) for r in batch.inserts)
+            gone = batch.acks
+            if batch.dead:
+                gone = gone + [
+                    row_id
+                    for row_id, code, reason, at in batch.dead
+                    if self._dead_letter(conn, row_id, code, reason, at)
+                ]
+            if gone:
+                deleted = self._delete(conn, gone, batch.known)
+                if deleted is None:
+                    count, size = self._totals(conn)
+                else:
+                    count, size = count - deleted[0], size - deleted[1]
+            if max_bytes is not None and size > max_bytes:
+                dropped, through, n, freed = self._drop_oldest(conn, size - max_bytes)
+                count, size = count - n, size - freed
+                for device, k in dropped.items():
                     key = ("max_bytes", device)
-                    batch.drops[key] = batch.drops.get(key, 0) + n
-            self._count_drops(conn, batch.drops)
+                    batch.drops[key] = batch.drops.get(key, 0) + k
+            if batch.drops:
+                self._count_drops(conn, batch.drops)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return list(dropped.items())
+        self.count, self.bytes = count, size
+        if first:
+            self.last_id = first + len(batch.inserts) - 1
+        return Committed(first, dropped, through)
 
     def fetch(
         self,
@@ -151,44 +188,85 @@ class OutboxTables:
         per_device: int,
         skip: frozenset[int],
     ) -> list[Record]:
-        """Up to `per_device` records of each device with records after its cursor."""
+        """Up to `per_device` records of each device in `after`, oldest first after its cursor.
+
+        Records in `skip` (acknowledged, not yet deleted) are left out, not counted.
+        """
         out: list[Record] = []
-        for device, newest in self.newest.items():
-            cursor = after.get(device, 0)
-            if newest <= cursor:
-                continue
-            rows = conn.execute(
-                "SELECT id, record_id, device, kind, payload, created FROM records "
-                "WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
-                (device, cursor, per_device),
-            ).fetchall()
-            out.extend(Record(*row) for row in rows if row[0] not in skip)
+        for device, cursor in after.items():
+            position, wanted = cursor, per_device
+            while wanted > 0:
+                rows = conn.execute(
+                    "SELECT id, record_id, device, kind, payload, created FROM records "
+                    "WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
+                    (device, position, wanted),
+                ).fetchall()
+                kept = [Record(*row) for row in rows if row[0] not in skip]
+                out.extend(kept)
+                if len(rows) < wanted:
+                    break
+                position, wanted = rows[-1][0], wanted - len(kept)
         return out
 
-    def expire(self, conn: sqlite3.Connection, *, cutoff: float) -> dict[str, int]:
-        """Drop records created before `cutoff`; returns counts per device."""
+    def expire(self, conn: sqlite3.Connection, *, cutoff: float) -> tuple[dict[str, int], int]:
+        """Drop records created before `cutoff`.
+
+        Returns the counts per device and the largest id dropped (0 if none).
+        """
         first = conn.execute("SELECT created FROM records ORDER BY id LIMIT 1").fetchone()
         if first is None or first[0] >= cutoff:
-            return {}
+            return {}, 0
         rows = conn.execute(
-            "SELECT device, COUNT(*), SUM(length(payload)) FROM records WHERE created < ? "
-            "GROUP BY device",
+            "SELECT device, COUNT(*), SUM(length(payload)), MAX(id) FROM records "
+            "WHERE created < ? GROUP BY device",
             (cutoff,),
         ).fetchall()
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("DELETE FROM records WHERE created < ?", (cutoff,))
-            drops = {("max_age", device): n for device, n, _ in rows}
+            drops = {("max_age", device): n for device, n, _, _ in rows}
             self._count_drops(conn, drops)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.count -= sum(n for _, n, _ in rows)
-        self.bytes -= sum(b for _, _, b in rows)
-        return {device: n for device, n, _ in rows}
+        self.count -= sum(n for _, n, _, _ in rows)
+        self.bytes -= sum(b for _, _, b, _ in rows)
+        return {device: n for device, n, _, _ in rows}, max((top for *_, top in rows), default=0)
 
-    def _delete(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    def any_through(self, conn: sqlite3.Connection, row_id: int) -> bool:
+        """Whether any record with an id up to `row_id` is left."""
+        row = conn.execute("SELECT 1 FROM records WHERE id <= ? LIMIT 1", (row_id,))
+        return row.fetchone() is not None
+
+    def _delete(
+        self, conn: sqlite3.Connection, ids: Sequence[int], known: Mapping[int, Record]
+    ) -> tuple[int, int] | None:
+        """Delete records; returns (records, payload bytes) deleted.
+
+        Sizes of `known` records come from memory. Returns None if one of them was already gone
+        (dropped by a bound while its acknowledgement was on its way): then only a recount can
+        say what the counters are.
+        """
+        count = size = 0
+        exact = True
+        sized = [row_id for row_id in ids if row_id in known] if known else []
+        for chunk in _chunks(sized, 500):
+            marks = ",".join("?" * len(chunk))
+            deleted = conn.execute(
+                f"DELETE FROM records WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            ).rowcount
+            exact = exact and deleted == len(chunk)
+            count += deleted
+            size += sum(len(known[row_id].payload) for row_id in chunk)
+        unsized = [row_id for row_id in ids if row_id not in known] if known else ids
+        n, freed = self._delete_unsized(conn, unsized)
+        return (count + n, size + freed) if exact else None
+
+    @staticmethod
+    def _delete_unsized(conn: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int]:
+        count = size = 0
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             row = conn.execute(
@@ -197,39 +275,58 @@ class OutboxTables:
                 chunk,
             ).fetchone()
             conn.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)  # noqa: S608
-            self.count -= row[0]
-            self.bytes -= row[1]
+            count += row[0]
+            size += row[1]
+        return count, size
 
+    @staticmethod
+    def _totals(conn: sqlite3.Connection) -> tuple[int, int]:
+        row = conn.execute("SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM records")
+        count, size = row.fetchone()
+        return int(count), int(size)
+
+    @staticmethod
     def _dead_letter(
-        self, conn: sqlite3.Connection, row_id: int, code: int | None, reason: str, at: float
-    ) -> None:
+        conn: sqlite3.Connection, row_id: int, code: int | None, reason: str, at: float
+    ) -> bool:
+        """Copy a record to the dead letters; False if it is gone already."""
         moved = conn.execute(
             "INSERT INTO dead_letters (id, record_id, device, kind, payload, created, failed_at,"
             " reason_code, reason) SELECT id, record_id, device, kind, payload, created, ?, ?, ?"
             " FROM records WHERE id = ?",
             (at, code, reason, row_id),
         ).rowcount
-        if moved:
-            self._delete(conn, [row_id])
+        return bool(moved)
 
-    def _drop_oldest(self, conn: sqlite3.Connection, max_bytes: int) -> dict[str, int]:
+    @staticmethod
+    def _drop_oldest(conn: sqlite3.Connection, excess: int) -> tuple[dict[str, int], int, int, int]:
+        """Delete the oldest records until `excess` payload bytes are freed.
+
+        Returns the drops per device, the largest id dropped, the records and the bytes freed.
+        """
         dropped: dict[str, int] = {}
-        while self.bytes > max_bytes:
+        through = count = freed = 0
+        while freed < excess:
             rows = conn.execute(
-                "SELECT id, device, length(payload) FROM records ORDER BY id LIMIT 256"
+                "SELECT id, device, length(payload) FROM records WHERE id > ? ORDER BY id "
+                "LIMIT 256",
+                (through,),
             ).fetchall()
             if not rows:
                 break
             victims: list[int] = []
-            freed = 0
             for row_id, device, size in rows:
-                if self.bytes - freed <= max_bytes:
+                if freed >= excess:
                     break
                 victims.append(row_id)
                 freed += size
                 dropped[device] = dropped.get(device, 0) + 1
-            self._delete(conn, victims)
-        return dropped
+            for chunk in _chunks(victims, 500):
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)  # noqa: S608
+            count += len(victims)
+            through = victims[-1]
+        return dropped, through, count, freed
 
     @staticmethod
     def _count_drops(conn: sqlite3.Connection, drops: Mapping[tuple[str, str], int]) -> None:
