@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import sqlite3
@@ -116,10 +117,12 @@ class ReportedWriter:
         stamp = when.isoformat()
         key = (device_id, service_id)
         entry = self._noted.get(key)
+        # name -> (value, stamp), built by C loops: every poll of every device comes here
+        stamped = zip(props.values(), itertools.repeat(stamp))
         if entry is None:
-            self._noted[key] = _Entry({k: (v, stamp) for k, v in props.items()}, when)
+            self._noted[key] = _Entry(dict(zip(props, stamped, strict=False)), when)
         else:
-            entry.props.update({k: (v, stamp) for k, v in props.items()})
+            entry.props.update(zip(props, stamped, strict=False))
         self._wake.set()
 
     async def write(
