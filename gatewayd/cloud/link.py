@@ -43,7 +43,7 @@ from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, Record
 from gatewayd.supervise import supervise
 
-__all__ = ["LinkTiming", "Uplink", "should_fall_back"]
+__all__ = ["LinkTiming", "PackedOnce", "Uplink", "should_fall_back"]
 
 log = logging.getLogger(__name__)
 
@@ -307,13 +307,34 @@ class Uplink:
             return None
         props = self._properties.get(device_id)
         if props is None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             pairs = [("device_id", device_id)]
             if self._access_key:
                 pairs.append(("access_key", self._access_key))
-            props.UserProperty = pairs
+            props = PackedOnce(pairs)
             self._properties[device_id] = props
         return props
+
+
+class PackedOnce(Properties):
+    """PUBLISH properties that never change for a device, packed once.
+
+    paho packs a message's properties on every publish by walking every MQTT 5 property
+    name; at 1000 messages/s that walk alone was ~4 % of the daemon's CPU.
+
+    Args:
+        pairs: the user properties (name, value).
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.UserProperty = pairs
+        packed = super().pack()  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_packed", packed)  # paho guards setattr by name
+
+    def pack(self) -> bytes:
+        """The bytes packed at creation."""
+        packed: bytes = self.__dict__["_packed"]
+        return packed
 
 
 class _OldBroker(Exception):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import json
 import logging
 import sqlite3
@@ -47,9 +46,14 @@ _FREE = PropertyDef(name="value", type="json")  # any JSON value, for a device w
 
 @dataclass(slots=True)
 class _Entry:
-    """The latest noted values of one key; `since` (its first note) activates a new device."""
+    """The latest noted values of one key; `since` (its first note) activates a new device.
 
-    props: dict[str, Stamped]
+    Values and their stamps are two dicts with the same keys, so a note is two C-level
+    `dict.update` calls and no object per value.
+    """
+
+    values: dict[str, Any]
+    stamps: dict[str, str]
     since: datetime
 
 
@@ -117,12 +121,11 @@ class ReportedWriter:
         stamp = when.isoformat()
         key = (device_id, service_id)
         entry = self._noted.get(key)
-        # name -> (value, stamp), built by C loops: every poll of every device comes here
-        stamped = zip(props.values(), itertools.repeat(stamp))
         if entry is None:
-            self._noted[key] = _Entry(dict(zip(props, stamped, strict=False)), when)
+            self._noted[key] = _Entry(dict(props), dict.fromkeys(props, stamp), when)
         else:
-            entry.props.update(zip(props, stamped, strict=False))
+            entry.values.update(props)
+            entry.stamps.update(dict.fromkeys(props, stamp))
         self._wake.set()
 
     async def write(
@@ -324,9 +327,10 @@ class ReportedWriter:
             outcome.refused.append((key, exc))
             return
         values: dict[str, Stamped] = {}
-        for name, (value, stamp) in entry.props.items():
+        stamps = entry.stamps
+        for name, value in entry.values.items():
             try:
-                values[name] = (_check_one(service, service_id, name, value), stamp)
+                values[name] = (_check_one(service, service_id, name, value), stamps[name])
             except InvalidField as exc:
                 outcome.refused.append((key, exc))
         if values:
@@ -383,7 +387,8 @@ def _absorb(into: dict[Key, _Entry], key: Key, newer: _Entry) -> None:
     if have is None:
         into[key] = newer
     else:
-        have.props.update(newer.props)
+        have.values.update(newer.values)
+        have.stamps.update(newer.stamps)
         have.since = min(have.since, newer.since)
 
 
