@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gatewayd import __version__
@@ -74,7 +75,8 @@ def _print_problems(path: Path, problems: list[str]) -> None:
 def _run(settings: Settings) -> int:
     setup_logging(settings.logging)
     try:
-        asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_serve(settings))
     except (ConfigError, BaseExceptionGroup) as exc:
         problems = _config_errors(exc)
         if not problems:
@@ -83,6 +85,22 @@ def _run(settings: Settings) -> int:
             log.error("%s", problem)  # noqa: TRY400 - a config problem needs no traceback
         return EX_CONFIG
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Uvloop's event loop where it is installed, else asyncio's own (None).
+
+    The daemon's work is thousands of small socket reads, writes and timers a second
+    (Modbus requests, MQTT publishes and PUBACKs); uvloop does that bookkeeping in C. Measured
+    on the Modbus end-to-end benchmark: 20 % less CPU for the field half (docs/decisions.md).
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional at run time; a dependency of the package
+    except ImportError:  # pragma: no cover - a source checkout without it still runs
+        log.info("uvloop is not installed: running on asyncio's own event loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _config_errors(exc: BaseException) -> list[ConfigError]:
