@@ -37,8 +37,6 @@ __all__ = ["DeadLetter", "Outbox", "OutboxFull", "OutboxStats", "Record", "open_
 log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 1.0
-COMMIT_GAP_S = 0.01  # at most this often under a trickle of appends (see `_committer`)
-COMMIT_FULL = 64  # records that make a commit worth doing without waiting
 
 
 class OutboxFull(Exception):
@@ -253,19 +251,9 @@ class Outbox:
             tg.create_task(self._maintenance(), name="outbox.maintenance")
 
     async def _committer(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = -COMMIT_GAP_S
         while True:
             await self._wake.wait()
-            # Under a steady trickle (1000 appends/s from 100 devices), commit at most every
-            # COMMIT_GAP_S: one transaction then carries ~10 records instead of 2, and SQLite
-            # rewrites each page once for all of them. A full batch goes at once, so many
-            # concurrent producers are never held back; an idle outbox commits at once.
-            wait = last + COMMIT_GAP_S - loop.time()
-            if wait > 0 and len(self._pending) < COMMIT_FULL:
-                await asyncio.sleep(wait)
             self._wake.clear()
-            last = loop.time()
             try:
                 await self._commit()
             except sqlite3.Error as exc:  # disk full, I/O error: the appenders were told
