@@ -108,7 +108,8 @@ def _child(part: str, port: int, duration: float, warmup: float) -> dict[str, An
     import uvloop  # noqa: PLC0415
 
     work = {"modbus": _modbus, "mqtt": _mqtt, "sqlite": _sqlite}[part]
-    return uvloop.run(_window(work, port, duration, warmup))
+    result: dict[str, Any] = uvloop.run(_window(work, port, duration, warmup))
+    return result
 
 
 async def _window(work: Any, port: int, duration: float, warmup: float) -> dict[str, Any]:
@@ -122,8 +123,9 @@ async def _window(work: Any, port: int, duration: float, warmup: float) -> dict[
         cpu1, wall1, n1 = time.process_time(), time.monotonic(), counter[0]
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # pymodbus may swallow a cancellation (Python 3.11's wait_for): don't wait forever
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), 5)
     return {"cpu": (cpu1 - cpu0) / (wall1 - wall0), "rate": (n1 - n0) / (wall1 - wall0)}
 
 
@@ -138,6 +140,9 @@ async def _modbus(port: int, counter: list[int]) -> None:
         try:
             while True:
                 reply = await client.read_holding_registers(0, count=50, device_id=unit)
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError  # pymodbus swallowed it
                 values = list(reply.registers)
                 counter[0] += len(values) // 50
                 due += 0.1
