@@ -14,14 +14,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import overload
+from typing import TypeVar, overload
 
 from gatewayd.model import PointRef, Quality, Reading, Sample, Value
 
 __all__ = ["ReadingBatch", "SampleBatch"]
 
+T = TypeVar("T")
 
-class SampleBatch(Sequence[Sample]):
+
+class _Columns(Sequence[T]):
+    """A sequence of per-value objects made from the columns on first access, then kept."""
+
+    __slots__ = ()
+    points: tuple[str, ...]
+    _items: list[T] | None
+
+    def _make(self) -> list[T]:
+        raise NotImplementedError
+
+    def _objects(self) -> list[T]:
+        if self._items is None:
+            self._items = self._make()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        return self._objects()[index]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._objects())
+
+
+class SampleBatch(_Columns[Sample]):
     """What a driver read from one device in one go, unscaled.
 
     Args:
@@ -41,32 +72,17 @@ class SampleBatch(Sequence[Sample]):
         self.at = at
         self._items: list[Sample] | None = None
 
-    def _samples(self) -> list[Sample]:
-        if self._items is None:
-            self._items = [
-                Sample(point=p, value=v, at=t)
-                for p, v, t in zip(self.points, self.values, self.at, strict=True)
-            ]
-        return self._items
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Sample]: ...
-    def __getitem__(self, index: int | slice) -> Sample | Sequence[Sample]:
-        return self._samples()[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self._samples())
+    def _make(self) -> list[Sample]:
+        return [
+            Sample(point=p, value=v, at=t)
+            for p, v, t in zip(self.points, self.values, self.at, strict=True)
+        ]
 
     def __repr__(self) -> str:
         return f"SampleBatch({len(self)} values of {', '.join(self.points[:3])}...)"
 
 
-class ReadingBatch(Sequence[Reading]):
+class ReadingBatch(_Columns[Reading]):
     """One device's normalised readings from one read.
 
     Args:
@@ -116,30 +132,15 @@ class ReadingBatch(Sequence[Reading]):
         """Whether every value is present and GOOD."""
         return self.quality is None and None not in self.values
 
-    def _readings(self) -> list[Reading]:
-        if self._items is None:
-            quality = self.quality or [Quality.GOOD] * len(self.points)
-            conn, dev = self.connection, self.device
-            self._items = [
-                Reading(PointRef(conn, dev, p), v, u, t, q)
-                for p, v, u, t, q in zip(
-                    self.points, self.values, self.units, self.at, quality, strict=True
-                )
-            ]
-        return self._items
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    @overload
-    def __getitem__(self, index: int) -> Reading: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Reading]: ...
-    def __getitem__(self, index: int | slice) -> Reading | Sequence[Reading]:
-        return self._readings()[index]
-
-    def __iter__(self) -> Iterator[Reading]:
-        return iter(self._readings())
+    def _make(self) -> list[Reading]:
+        quality = self.quality or [Quality.GOOD] * len(self.points)
+        conn, dev = self.connection, self.device
+        return [
+            Reading(PointRef(conn, dev, p), v, u, t, q)
+            for p, v, u, t, q in zip(
+                self.points, self.values, self.units, self.at, quality, strict=True
+            )
+        ]
 
     def __repr__(self) -> str:
         return f"ReadingBatch({self.connection}/{self.device}: {len(self)} values)"

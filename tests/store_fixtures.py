@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ PRODUCTS = ROOT / "tests" / "data" / "products"
 WATER = "b640f4c203b7910fc3cbd446ed437cbd"
 ADMIN = "admin-token-0123456789"
 READER = "read-token-0123456789"
+
+
+class WallClock:
+    """A wall clock that moves only when told: shadow times without waiting."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2024, 1, 26, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def store_settings(tmp_path: Path, **extra: Any) -> Settings:

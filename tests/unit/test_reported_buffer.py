@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -15,21 +15,11 @@ from gatewayd.store import open_store
 from gatewayd.store.shadows import DesiredUpdate, ShadowStore
 from tests.helpers import async_wait_for
 from tests.store_fixtures import WATER, store_settings
+from tests.store_fixtures import WallClock as Clock
 
 DEV = f"{WATER}_n1"
 OTHER = f"{WATER}_n2"
 LONG = {"shadows": {"reported_flush_ms": 60_000}}  # the store's own flusher stays out of the way
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2024, 1, 26, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: float = 1) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Gate:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -12,19 +12,9 @@ from gatewayd.store import open_store
 from gatewayd.store.errors import DeviceNotFound, InvalidField, VersionConflict
 from gatewayd.store.shadows import DesiredUpdate, ShadowStore
 from tests.store_fixtures import WATER, store_settings
+from tests.store_fixtures import WallClock as Clock
 
 DEV = f"{WATER}_n1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2024, 1, 26, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def tick(self, seconds: float = 1) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def _values(section):
