@@ -79,10 +79,12 @@ class RefCloud:
         del what
 
     # -- pushing ------------------------------------------------------------------------
-    async def push(self, device: str, kind: str, body: Any) -> None:
+    async def push(self, device: str, kind: str, body: Any, timeout_s: float = 5.0) -> None:
+        """Publish a downlink; its PUBACK may queue behind a backlog the broker is delivering
+        to this client, so a caller that pushes right after a big drain gives it longer."""
         assert self._client is not None, "not connected"
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await self._client.publish(f"{PREFIX}{device}/{kind}", payload, qos=1)
+        await self._client.publish(f"{PREFIX}{device}/{kind}", payload, qos=1, timeout=timeout_s)
 
     # -- running ------------------------------------------------------------------------
     @contextlib.asynccontextmanager

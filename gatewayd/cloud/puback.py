@@ -79,7 +79,42 @@ class PublishSeam:
 
         self._paho.on_publish = on_publish
         self._paho.on_connect = on_connect
+        self._paho.on_socket_register_write = self._register_write(
+            cast("Callable[..., None]", self._paho.on_socket_register_write)
+        )
         self._paho.max_inflight_messages_set(0)  # our window is the bound, not paho's 20
+
+    def _register_write(self, deferred: Callable[..., None]) -> Callable[..., None]:
+        """The hook paho calls when it has data to send, run at once on the event loop.
+
+        aiomqtt always defers `add_writer` through `call_soon_threadsafe`, because paho may
+        call the hook from the thread that connects. On the loop that costs a wake-up of the
+        loop per burst of publishes, and when the broker drops the connection in between,
+        the deferred call meets a closed socket and logs a traceback. From the loop thread
+        the writer is added at once; from another thread aiomqtt's deferred call stays.
+        """
+        client = self._client
+
+        def write_ready(c: paho.Client) -> None:
+            try:
+                c.loop_write()
+            except Exception as exc:  # noqa: BLE001 - a broken pipe: the session is over
+                disconnected = client._disconnected  # noqa: SLF001 - this module is the seam
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        def register(c: paho.Client, userdata: Any, sock: Any) -> None:
+            loop = client._loop  # noqa: SLF001 - this module is the seam
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is not loop:
+                deferred(c, userdata, sock)
+                return
+            loop.add_writer(sock.fileno(), write_ready, c)
+
+        return register
 
     @property
     def in_flight(self) -> int:

@@ -54,7 +54,10 @@ async def drain_and_check(tmp_path, broker: Broker, cloud: RefCloud) -> None:
     assert stats["dead_letters"] == 0
     # Every record is acknowledged, so the broker holds it for the cloud's session; a marker
     # published after the last PUBACK arrives after all of them.
-    await cloud.push("marker", "cloud_settings/update", {"property": "end", "value": 1})
+    # its PUBACK queues behind the drained backlog the broker is still delivering to the cloud
+    await cloud.push(
+        "marker", "cloud_settings/update", {"property": "end", "value": 1}, timeout_s=60
+    )
     try:
         await cloud.wait(lambda: cloud.of("cloud_settings/update", "marker"), timeout_s=30)
     except TimeoutError:
