@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +63,10 @@ class FieldState:
         self._plans: dict[tuple[str, tuple[str, ...]], _Columns | None] = {}
         # per device, per point set: the values of the last batch (see `_columns`)
         self._seen: dict[str, dict[tuple[str, ...], list[Value | None]]] = {}
+        # per device, per point set: the latest batch not yet noted, and the values last noted
+        self._held: dict[str, dict[tuple[str, ...], _Held]] = {}
+        self._noted: dict[str, dict[tuple[str, ...], list[Value | None]]] = {}
+        self._wake_shadows = shadows.add_reported_source(self._pull)
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
         """Check values against the product, update reported shadows, pass them on."""
@@ -83,6 +87,8 @@ class FieldState:
     ) -> tuple[list[Reading], dict[str, dict[str, Any]]]:
         """Product check, reporting rule and change detection, reading by reading."""
         self._seen.pop(bound.device_id, None)  # the column memory may now be stale
+        self._pull(bound.device_id)  # what this device holds is older than what follows
+        self._noted.pop(bound.device_id, None)
         last = self._last.setdefault(bound.device_id, {})
         checked: list[Reading] = []
         changed: dict[str, dict[str, Any]] = {}
@@ -157,17 +163,14 @@ class FieldState:
         seen[plan.points] = values
         self._last.pop(bound.device_id, None)  # the per-reading memory may now be stale
         if plan.service is not None and quality is None and None not in values:
-            # the common case: one service, every value usable; whole-column work only
-            names = plan.properties
-            if last is None:
-                props = {p: _json(v) for p, v in zip(names, values, strict=True)}
-            else:
-                props = {
-                    p: v.hex() if type(v) is bytes else v
-                    for p, v, old in zip(names, values, last, strict=True)
-                    if v != old
-                }
-            return out, ({plan.service: props} if props else {})
+            # the common case: one service, every value usable. Hold the poll; the shadow
+            # store pulls the latest one per flush, so nine polls in ten cost no shadow work.
+            held = self._held.setdefault(bound.device_id, {})
+            held[plan.points] = _Held(plan, values, batch.at[-1])
+            self._wake_shadows()
+            return out, {}
+        self._pull(bound.device_id)  # what this device holds is older than what follows
+        self._noted.pop(bound.device_id, None)  # noted below, past the held path's memory
         changed: dict[str, dict[str, Any]] = {}
         for i, value in enumerate(values):
             if value is None or (quality is not None and quality[i] is not Quality.GOOD):
@@ -176,6 +179,31 @@ class FieldState:
                 continue
             changed.setdefault(plan.services[i], {})[plan.properties[i]] = _json(value)
         return out, changed
+
+    def _pull(self, device_id: str | None = None) -> None:
+        """Note the held polls (of one device, or all) that differ from what was noted."""
+        if device_id is None:
+            devices, self._held = self._held, {}
+        else:
+            one = self._held.pop(device_id, None)
+            devices = {device_id: one} if one else {}
+        for dev, polls in devices.items():
+            noted = self._noted.setdefault(dev, {})
+            for points, held in polls.items():
+                names, values, last = held.plan.properties, held.values, noted.get(points)
+                if last is None:
+                    props = {p: _json(v) for p, v in zip(names, values, strict=True)}
+                else:
+                    props = {
+                        p: v.hex() if type(v) is bytes else v
+                        for p, v, old in zip(names, values, last, strict=True)
+                        if v != old
+                    }
+                noted[points] = values
+                if props:
+                    service = held.plan.service
+                    assert service is not None  # only one-service polls are held
+                    self._shadows.note_reported(dev, service, props, held.at)
 
     def _check_columns(
         self,
@@ -246,6 +274,15 @@ class FieldState:
         if (device_id, what) not in self._complained:
             self._complained.add((device_id, what))
             log.warning("%s: %s", device_id, message)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A poll waiting for the shadow store to pull it."""
+
+    plan: _Columns
+    values: list[Value | None]
+    at: datetime
 
 
 class _Columns:

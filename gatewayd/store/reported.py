@@ -107,6 +107,7 @@ class ReportedWriter:
         self._queued: list[_Write] = []
         self._turn = asyncio.Lock()  # one transaction at a time, held until it has settled
         self._wake = asyncio.Event()
+        self._sources: list[Callable[[], None]] = []
         self._warned: set[tuple[str, str, str]] = set()
         self._failing = False
         self._closed = False
@@ -128,6 +129,20 @@ class ReportedWriter:
             entry.stamps.update(dict.fromkeys(props, stamp))
         self._wake.set()
 
+    def add_source(self, pull: Callable[[], None]) -> Callable[[], None]:
+        """Register `pull`, which notes a producer's held values; returns the producer's wake.
+
+        A producer that sees values many times per flush interval (the field: ten polls a
+        second) holds only its latest ones and calls the returned wake; every transaction
+        pulls first, so what was held is written in the order it was seen.
+        """
+        self._sources.append(pull)
+        return self._wake.set
+
+    def _pull(self) -> None:
+        for pull in self._sources:
+            pull()
+
     async def write(
         self,
         device_id: str,
@@ -144,6 +159,7 @@ class ReportedWriter:
         """
         key = (device_id, service_id)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pull()  # values seen before this call are older than it
         self._queued.append(_Write(key, dict(props), when, self._noted.pop(key, None), then, done))
         try:
             if not done.done():
@@ -175,6 +191,7 @@ class ReportedWriter:
 
     async def close(self) -> None:
         """Flush what is noted; later notes are refused."""
+        self._pull()  # the last values producers hold, before notes are refused
         self._closed = True
         with contextlib.suppress(sqlite3.Error):
             await self.flush()
@@ -192,6 +209,8 @@ class ReportedWriter:
         """
         await self._turn.acquire()
         try:
+            if noted:
+                self._pull()
             batch = self._take(noted=noted, device_id=device_id)
             if not batch:
                 self._turn.release()

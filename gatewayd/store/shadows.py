@@ -155,6 +155,16 @@ class ShadowStore:
         self._feed.notify((device_id, u.service_id) for u in updates)
         return result
 
+    def add_reported_source(self, pull: Callable[[], None]) -> Callable[[], None]:
+        """Register a producer that holds its latest values and notes them when pulled.
+
+        `pull` is called (synchronously, on the loop) before every transaction of reported
+        state, so what it held lands before anything written after it; it notes through
+        `note_reported`. Returns `wake`: call it when values are held, so a flush follows
+        within `flush_ms`.
+        """
+        return self._reported.add_source(pull)
+
     def note_reported(
         self,
         device_id: str,

@@ -100,3 +100,33 @@ async def test_columns_and_readings_agree_poll_after_poll(tmp_path):
     assert last_seen["c/meter/label"] == ("pump B", Quality.GOOD)
     assert by_readings[3][0]["c/meter/temperature"][1] is Quality.BAD
     assert by_readings[3][1][("WaterMeter", "temperature")] == 21  # the BAD 200 never landed
+
+
+async def test_a_held_poll_lands_before_a_confirmed_report(tmp_path):
+    """Polls are held and pulled by the shadow store; a report() after them must win."""
+    settings = _settings(tmp_path)
+    async with open_store(settings) as store:
+        index = PointIndex(settings.connections, store.products)
+        field = FieldState(index, store.registry, store.shadows, downstream=LatestValues())
+        bound = index.by_key("c", "meter")
+        assert bound is not None
+        one = ("temp", "flow")  # one service: the held path
+        at = datetime.now(UTC)
+
+        async def poll(temp: int, flow: float) -> None:
+            batch = ReadingBatch("c", "meter", one, [temp, flow], ("°C", "m3/h"), [at, at])
+            await field.readings("c", "meter", batch)
+
+        async def reported() -> dict[str, Any]:
+            (water, *_) = await store.shadows.get(bound.device_id)
+            return {k: p.value for k, p in water.reported.items()}
+
+        await poll(20, 1.0)
+        await poll(21, 1.0)  # held: only the latest poll of the interval is noted
+        assert await reported() == {"temperature": 21, "flow": 1.0}  # a read pulls first
+        await poll(22, 1.5)
+        await store.shadows.report(bound.device_id, "WaterMeter", {"temperature": 30})
+        assert await reported() == {"temperature": 30, "flow": 1.5}
+        await poll(30, 1.5)  # the device now holds what was confirmed
+        await poll(31, 1.5)
+        assert await reported() == {"temperature": 31, "flow": 1.5}
