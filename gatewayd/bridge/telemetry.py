@@ -40,14 +40,14 @@ class TelemetrySink:
         self.refused = 0
 
     async def readings(self, connection: str, device: str, batch: Sequence[Reading]) -> None:
-        """Append one telemetry record for the batch; returns once it is durable."""
+        """Put one telemetry record for the batch into the outbox (see `Outbox.put`)."""
         values = _values(batch)
         if not values:
             return
         device_id = self._device_id(connection, device)
         at = max(batch.at) if isinstance(batch, ReadingBatch) else max(r.at for r in batch)
         try:
-            await self._outbox.append(device_id, "telemetry", native.telemetry(at, values))
+            await self._outbox.put(device_id, "telemetry", native.telemetry(at, values))
         except OutboxFull as exc:
             self.refused += 1
             if device_id not in self._refusing:

@@ -37,6 +37,7 @@ __all__ = ["DeadLetter", "Outbox", "OutboxFull", "OutboxStats", "Record", "open_
 log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 1.0
+PUT_AHEAD_BYTES = 4 * 1024 * 1024  # records put() without waiting for their commit
 
 
 class OutboxFull(Exception):
@@ -129,6 +130,31 @@ class Outbox:
         Raises:
             OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
         """
+        done = asyncio.get_running_loop().create_future()
+        record_id = self._enqueue(device, kind, payload, done)
+        await done
+        return record_id
+
+    async def put(self, device: str, kind: str, payload: bytes) -> str:
+        """Store one record without waiting for its commit, unless too much waits already.
+
+        For the field's telemetry: a poll must not wait for the disk. A commit that takes
+        long (a checkpoint's fsync on a busy disk) would otherwise hold every connection's
+        next poll, and a reading never taken is lost for good. Records put here are
+        committed by the next group commit like any other, within milliseconds; while
+        `PUT_AHEAD_BYTES` of records wait for a commit, `put()` waits like `append()`.
+        A failed commit is logged; its records are not stored, as with `append()`.
+
+        Raises:
+            OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
+        """
+        if self._pending_bytes >= PUT_AHEAD_BYTES:
+            return await self.append(device, kind, payload)
+        return self._enqueue(device, kind, payload, None)
+
+    def _enqueue(
+        self, device: str, kind: str, payload: bytes, done: asyncio.Future[None] | None
+    ) -> str:
         if self._closed:
             msg = "outbox is closed"
             raise RuntimeError(msg)
@@ -152,12 +178,11 @@ class Outbox:
             raise OutboxFull(msg)
         self._seq += 1
         record_id = f"{self._tables.boot}-{self._seq}"
-        done = asyncio.get_running_loop().create_future()
         self._pending.append((record_id, device, kind, payload, self._clock()))
-        self._waiters.append(done)
+        if done is not None:
+            self._waiters.append(done)
         self._pending_bytes += size
         self._wake.set()
-        await done
         return record_id
 
     def ack(self, row_id: int) -> None:
@@ -283,11 +308,7 @@ class Outbox:
         error = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or error is not None:
             failure = error if isinstance(error, Exception) else RuntimeError("commit cancelled")
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            self._acked.difference_update(batch.acks)  # not deleted: they may be sent again
-            self._tail.disown(list(batch.known.values()))  # still in the file: read from there
+            self._failed(batch, waiters, failure)
             return
         self._acked.difference_update(batch.acks)
         self._acked.difference_update(row for row, *_ in batch.dead)
@@ -309,6 +330,18 @@ class Outbox:
         if batch.inserts:
             self._dirty = True
             self.changed.set()
+
+    def _failed(
+        self, batch: Batch, waiters: list[asyncio.Future[None]], failure: Exception
+    ) -> None:
+        unwaited = len(batch.inserts) - len(waiters)
+        if unwaited:
+            log.error("outbox: %d records put without waiting were not stored", unwaited)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
+        self._acked.difference_update(batch.acks)  # not deleted: they may be sent again
+        self._tail.disown(list(batch.known.values()))  # still in the file: read from there
 
     async def _maintenance(self) -> None:
         window_s = self._config.batch_window_ms / 1000

@@ -281,7 +281,7 @@ async def test_offline_boot_then_broker_appears(tmp_path):
     async with running_gateway(settings) as gw:
         for i in range(50):
             await gw.sink.readings("sim", "a", [reading("a", i)])
-        assert gw.outbox.depth == 50
+        await until(lambda: gw.outbox.depth == 50)  # telemetry is put, committed soon after
         with broker:
             async with RefCloud(broker.port).running() as cloud:
                 await cloud.wait(lambda: len(cloud.telemetry()) >= 50)

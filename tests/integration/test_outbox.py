@@ -181,3 +181,23 @@ def test_an_append_that_returned_survives_sigkill(tmp_path, durability):
     found = asyncio.run(stored())
     missing = [rid for rid in acknowledged if rid not in found]
     assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:5]}"
+
+
+async def test_put_does_not_wait_for_its_commit_until_too_much_waits(tmp_path, monkeypatch):
+    import gatewayd.store.outbox as outbox_module  # noqa: PLC0415
+
+    async with open_outbox(tmp_path / "o.db", OutboxConfig()) as outbox:
+        first = await outbox.put("a", "telemetry", b"1")
+        assert outbox.depth == 0  # returned before its commit
+        await asyncio.wait_for(_until(lambda: outbox.depth == 1), 5)
+        monkeypatch.setattr(outbox_module, "PUT_AHEAD_BYTES", 1)
+        second = await outbox.put("a", "telemetry", b"2")  # nothing waits: no wait
+        third = await outbox.put("a", "telemetry", b"3")  # "2" waits: this one waits too
+        assert outbox.depth == 3  # "3" returned only once committed, and "2" with it
+        got = await outbox.fetch({}, 10)
+        assert [r.record_id for r in got] == [first, second, third]
+
+
+async def _until(check) -> None:
+    while not check():
+        await asyncio.sleep(0.01)
