@@ -191,14 +191,10 @@ class FieldState:
             noted = self._noted.setdefault(dev, {})
             for points, held in polls.items():
                 names, values, last = held.plan.properties, held.values, noted.get(points)
-                if last is None:
-                    props = {p: _json(v) for p, v in zip(names, values, strict=True)}
-                else:
-                    props = {
-                        p: v.hex() if type(v) is bytes else v
-                        for p, v, old in zip(names, values, last, strict=True)
-                        if v != old
-                    }
+                olds = last if last is not None else [_NEVER] * len(values)
+                props = {
+                    p: _json(v) for p, v, old in zip(names, values, olds, strict=True) if v != old
+                }
                 noted[points] = values
                 if props:
                     service = held.plan.service
@@ -313,6 +309,7 @@ class _Columns:
 
 
 _NO_PLAN = _Columns((), (), ())
+_NEVER = object()  # differs from every value: nothing noted yet
 _PLANS = 4096
 _REF = PointRef("", "", "")
 _EPOCH = datetime.fromtimestamp(0, UTC)
