@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from gatewayd.batch import ReadingBatch
@@ -22,7 +22,7 @@ from gatewayd.bridge.points import BoundDevice, PointIndex
 from gatewayd.bridge.reporting import ReportPolicy
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.devices import DeviceStatus
-from gatewayd.model import Availability, PointRef, Quality, Reading, Value
+from gatewayd.model import Availability, Quality, Reading, Value
 from gatewayd.store.errors import RegistryError
 from gatewayd.store.registry import Registry
 from gatewayd.store.shadows import ShadowStore
@@ -99,8 +99,11 @@ class FieldState:
                 continue
             reading = raw  # no product, or no value: nothing to check
             if bound.product is not None and raw.value is not None:
-                reading = self._check(bound.device_id, bound.product, point.service_id,
-                                      point.property, raw)  # fmt: skip
+                value = self._check(bound, point.service_id, point.property, raw.value)
+                if value is _BAD:
+                    reading = replace(raw, quality=Quality.BAD)
+                elif _differs(value, raw.value):
+                    reading = replace(raw, value=value)
             rule = point.rule
             if rule is None or self._policy.accept(reading, rule, now):
                 if point.property != raw.ref.point:
@@ -213,18 +216,15 @@ class FieldState:
         for i, value in enumerate(values):
             if value is None:
                 continue
-            reading = Reading(_REF, value, None, _EPOCH)
-            checked = self._check(
-                bound.device_id, bound.product, plan.services[i], plan.properties[i], reading
-            )
-            if checked.quality is Quality.BAD:
+            checked = self._check(bound, plan.services[i], plan.properties[i], value)
+            if checked is _BAD:
                 if out_quality is None or out_quality is quality:
                     out_quality = list(quality or [Quality.GOOD] * len(values))
                 out_quality[i] = Quality.BAD
-            elif checked.value != value or type(checked.value) is not type(value):
+            elif _differs(checked, value):
                 if out_values is values:
                     out_values = list(values)
-                out_values[i] = checked.value
+                out_values[i] = checked
         return out_values, out_quality
 
     async def availability(
@@ -244,27 +244,21 @@ class FieldState:
         if self._downstream is not None:
             await self._downstream.availability(connection, device, state, reason)
 
-    def _check(
-        self,
-        device_id: str,
-        product: Any,
-        service_id: str,
-        prop: str,
-        reading: Reading,
-    ) -> Reading:
-        if product is None or reading.value is None:
-            return reading
+    def _check(self, bound: BoundDevice, service_id: str, prop: str, value: Value) -> Any:
+        """The value in the form the product stores it, or `_BAD` when the product refuses it."""
+        product = bound.product
+        assert product is not None
         service = product.service(service_id)
         definition = service.property(prop) if service is not None else None
         if definition is None:
-            self._complain(device_id, prop, f"product {product.product_id} has no property {prop}")
-            return replace(reading, quality=Quality.BAD)
+            message = f"product {product.product_id} has no property {prop}"
+            self._complain(bound.device_id, prop, message)
+            return _BAD
         try:
-            value = definition.check(_json(reading.value))
+            return definition.check(_json(value))
         except ValueError as exc:
-            self._complain(device_id, prop, f"{prop}: {exc}")
-            return replace(reading, quality=Quality.BAD)
-        return reading if value == reading.value else replace(reading, value=value)
+            self._complain(bound.device_id, prop, f"{prop}: {exc}")
+            return _BAD
 
     def _complain(self, device_id: str, what: str, message: str) -> None:
         if (device_id, what) not in self._complained:
@@ -311,8 +305,12 @@ class _Columns:
 _NO_PLAN = _Columns((), (), ())
 _NEVER = object()  # differs from every value: nothing noted yet
 _PLANS = 4096
-_REF = PointRef("", "", "")
-_EPOCH = datetime.fromtimestamp(0, UTC)
+_BAD = object()  # a value the product refuses
+
+
+def _differs(checked: Any, value: Any) -> bool:
+    """Whether the product's form of a value is another value or another type (21 for 21.0)."""
+    return bool(checked != value) or type(checked) is not type(value)
 
 
 def _json(value: Any) -> Any:

@@ -67,7 +67,7 @@ def _seen(sink: LatestValues) -> dict[str, tuple[object, Quality]]:
     out = {}
     for key, r in sink.values.items():
         value = "nan" if r.value != r.value else r.value
-        out[key] = (value, r.quality)
+        out[key] = (type(r.value).__name__, value, r.quality)  # 21 and 21.0 differ here
     return out
 
 
@@ -97,8 +97,9 @@ async def test_columns_and_readings_agree_poll_after_poll(tmp_path):
     # and the reference itself says what the product allows
     last_seen, last_reported = by_readings[-1]
     assert last_reported[("WaterMeter", "temperature")] == 22
-    assert last_seen["c/meter/label"] == ("pump B", Quality.GOOD)
-    assert by_readings[3][0]["c/meter/temperature"][1] is Quality.BAD
+    assert last_seen["c/meter/label"] == ("str", "pump B", Quality.GOOD)
+    assert by_readings[3][0]["c/meter/temperature"][2] is Quality.BAD
+    assert by_readings[4][0]["c/meter/temperature"][:2] == ("int", 21)  # the product's type
     assert by_readings[3][1][("WaterMeter", "temperature")] == 21  # the BAD 200 never landed
 
 
