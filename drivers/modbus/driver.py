@@ -1,9 +1,11 @@
-"""Opening a Modbus connection: one pymodbus client per connection, owned by one runner.
+"""Opening a Modbus connection: one client per connection, owned by one runner.
 
-pymodbus' own reconnect (`reconnect_delay=0`) and retries (`retries=0`) are off: the
-runner owns reconnection (Backoff) and retries (per device). pymodbus would also close a
-TCP connection after a few unanswered requests; on a converter with one dead unit behind
-it that would cut off the live ones, so that limit is lifted.
+Modbus TCP goes through `drivers.modbus.tcp` (pymodbus' messages on a lean protocol); RTU, on
+a serial port or over TCP, through pymodbus' async clients. Their own reconnect
+(`reconnect_delay=0`) and retries (`retries=0`) are off: the runner owns reconnection
+(Backoff) and retries (per device). pymodbus would also close a connection after a few
+unanswered requests; on a converter with one dead unit behind it that would cut off the live
+ones, so that limit is lifted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from drivers.modbus.config import (
     ModbusTcpConnection,
 )
 from drivers.modbus.session import ModbusSession
+from drivers.modbus.tcp import TcpClient
 from gatewayd.errors import DeviceUnavailable
 
 __all__ = ["ModbusDriver", "make_client"]
@@ -34,18 +37,19 @@ _NEVER_DISCONNECT = 2**31
 
 
 def make_client(config: ModbusConnection) -> Any:
-    """A pymodbus async client for the connection, not yet connected."""
+    """A client for the connection, not yet connected."""
+    if isinstance(config, ModbusTcpConnection):
+        return TcpClient(
+            config.host, config.port, connect_timeout_s=config.connect_timeout_s, name=config.target
+        )
     common: dict[str, Any] = {
         "reconnect_delay": 0,
         "timeout": config.connect_timeout_s,
         "retries": 0,
         "name": config.target,
     }
-    if isinstance(config, ModbusTcpConnection):
-        client: Any = AsyncModbusTcpClient(
-            config.host, port=config.port, framer=FramerType.SOCKET, **common
-        )
-    elif isinstance(config, ModbusRtuTcpConnection):
+    client: Any
+    if isinstance(config, ModbusRtuTcpConnection):
         client = AsyncModbusTcpClient(
             config.host, port=config.port, framer=FramerType.RTU, **common
         )
