@@ -1,16 +1,18 @@
-"""PUBACK reason codes and CONNACK limits: the one seam under aiomqtt.
+"""PUBACK reason codes, CONNACK limits and the broker's socket: the one seam under aiomqtt.
 
 aiomqtt 2.x returns from `publish()` on any PUBACK, even one whose reason code refuses the
 message (MQTT 5, e.g. 0x87 not authorized), and does not expose the broker's Receive Maximum
 or Maximum Packet Size. The outbox may delete a record only after a *successful* PUBACK, so
 this module wraps the underlying paho client's `on_publish` and `on_connect` callbacks and
-publishes through paho directly, resolving one future per message with its reason code.
-Nothing else in gatewayd reaches under aiomqtt.
+publishes through paho directly, resolving one future per message with its reason code. It
+also hands paho a socket that reads in large chunks and writes a burst of packets at once
+(`BrokerSocket`). Nothing else in gatewayd reaches under aiomqtt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,7 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gatewayd.errors import UplinkUnavailable
 
-__all__ = ["ConnAck", "PublishSeam", "reason_name"]
+__all__ = ["BrokerSocket", "ConnAck", "PublishSeam", "reason_name"]
 
 DEFAULT_RECEIVE_MAXIMUM = 65535
 
@@ -82,6 +84,9 @@ class PublishSeam:
         self._paho.on_socket_register_write = self._register_write(
             cast("Callable[..., None]", self._paho.on_socket_register_write)
         )
+        self._paho.on_socket_open = _wrap_socket(
+            cast("Callable[..., None]", self._paho.on_socket_open)
+        )
         self._paho.max_inflight_messages_set(0)  # our window is the bound, not paho's 20
 
     def _register_write(self, deferred: Callable[..., None]) -> Callable[..., None]:
@@ -97,7 +102,7 @@ class PublishSeam:
 
         def write_ready(c: paho.Client) -> None:
             try:
-                c.loop_write()
+                _write(c, client._loop, write_ready)  # noqa: SLF001 - this module is the seam
             except Exception as exc:  # noqa: BLE001 - a broken pipe: the session is over
                 disconnected = client._disconnected  # noqa: SLF001 - this module is the seam
                 if not disconnected.done():
@@ -147,6 +152,116 @@ class PublishSeam:
             if not future.done():
                 future.set_exception(UplinkUnavailable(reason))
                 future.exception()  # retrieved here: a lost PUBACK is expected, not an error
+
+
+class BrokerSocket:
+    """The broker's socket as paho sees it: read in large chunks, written in bursts.
+
+    paho reads every packet with at least three `recv` calls (the type byte, each length
+    byte, the body) plus one that fails with EAGAIN, and writes every packet with its own
+    `send`. At a thousand publishes and PUBACKs a second those system calls are a visible
+    part of the uplink's CPU. Here one `recv` takes what the kernel has and paho's small
+    reads are served from memory; `pending()` makes the reader callback (aiomqtt's, written
+    for TLS sockets that buffer the same way) call paho again while bytes are left. While
+    the publish seam runs paho's writer (`gather()` ... `flush()`), paho's sends are
+    collected and leave in one `send`.
+    """
+
+    __slots__ = ("_buffer", "_gathering", "_sock", "_unsent")
+
+    CHUNK = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._unsent = bytearray()
+        self._gathering = False
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes: from the buffer, else one large read of the socket."""
+        buffer = self._buffer
+        if not buffer:
+            data = self._sock.recv(self.CHUNK)
+            if len(data) <= size:
+                return bytes(data)
+            buffer += data
+        out = bytes(buffer[:size])
+        del buffer[:size]
+        return out
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed to paho (and TLS' own)."""
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buffer) + (inner() if inner is not None else 0)
+
+    def send(self, data: bytes | bytearray) -> int:
+        """Collected while gathering, or behind bytes still unsent; else straight out."""
+        if self._gathering or self._unsent:
+            self._unsent += data
+            return len(data)
+        sent: int = self._sock.send(data)
+        return sent
+
+    def gather(self) -> None:
+        """Collect paho's sends until `flush()`."""
+        self._gathering = True
+
+    def flush(self) -> bool:
+        """Send what was collected; False while part of it waits for the socket.
+
+        Raises:
+            OSError: the connection is broken.
+        """
+        self._gathering = False
+        unsent = self._unsent
+        while unsent:
+            try:
+                sent = self._sock.send(unsent)
+            except BlockingIOError:
+                return False
+            del unsent[:sent]
+        return True
+
+    def close(self) -> None:
+        """Send what is collected (paho closes right after queuing DISCONNECT), then close."""
+        with contextlib.suppress(OSError):
+            self.flush()
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _write(
+    c: paho.Client, loop: asyncio.AbstractEventLoop, again: Callable[[paho.Client], None]
+) -> None:
+    """Let paho write what it has queued, as one burst when its socket is ours."""
+    sock = c._sock  # noqa: SLF001 - this module is the seam
+    if not isinstance(sock, BrokerSocket):
+        c.loop_write()
+        return
+    if not sock.flush():
+        return  # the last burst is still going out; the writer stays
+    sock.gather()
+    try:
+        c.loop_write()
+    finally:
+        done = sock.flush()
+    if not done:  # the rest goes when the socket is writable again
+        loop.add_writer(sock.fileno(), again, c)
+    elif not c.want_write():  # paho is done with the writer; so are we
+        loop.remove_writer(sock.fileno())
+
+
+def _wrap_socket(inner: Callable[..., None]) -> Callable[..., None]:
+    """Wrap paho's socket as it opens; aiomqtt's hook still sees the socket itself."""
+
+    def opened(c: paho.Client, userdata: Any, sock: Any) -> None:
+        if c._sock is sock:  # noqa: SLF001 - this module is the seam
+            c._sock = BrokerSocket(sock)  # noqa: SLF001
+        inner(c, userdata, sock)
+
+    return opened
 
 
 def reason_name(code: int) -> str:
