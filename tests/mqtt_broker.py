@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -156,6 +157,15 @@ class Broker:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): its sockets stay open and nothing is read."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     @property
     def running(self) -> bool:

@@ -314,6 +314,31 @@ async def test_window_follows_receive_maximum_and_rate_follows_the_bucket(tmp_pa
             assert arrivals[-1] - arrivals[0] >= 1.8
 
 
+async def test_a_broker_that_stops_reading_gets_every_message_whole_and_in_order(tmp_path):
+    """Bursts larger than the socket takes wait in the client and go out once it drains."""
+    broker = Broker(tmp_path / "broker", max_inflight=50)
+    with broker:
+        settings = settings_for(tmp_path, broker.port, ["a"])
+        async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+            await gw.sink.readings("sim", "a", [reading("a", -1)])
+            await cloud.wait(lambda: len(cloud.telemetry()) == 1)  # resync done, pump running
+            broker.pause()
+            try:
+                for i in range(50):  # 50 x 400 kB: more than loopback's socket buffers hold
+                    big = Reading(
+                        PointRef("sim", "a", "seq"), f"{i:06d}" * 66_000, None, datetime.now(UTC)
+                    )
+                    await gw.sink.readings("sim", "a", [big])
+                await until(lambda: gw.uplink.pump.sent == 51, timeout_s=30)
+            finally:
+                broker.resume()
+            await cloud.wait(lambda: len(cloud.telemetry()) == 51, timeout_s=60)
+            await until(lambda: gw.outbox.depth == 0, timeout_s=30)
+            got = [u.body["telemetries"]["seq"] for u in cloud.of("telemetry", "memory_a")]
+            assert got == [-1] + [f"{i:06d}" * 66_000 for i in range(50)]
+            assert gw.uplink.connects == 1  # nothing broke the session
+
+
 async def test_children_no_longer_configured_are_deleted(tmp_path, broker):
     async with RefCloud(broker.port).running() as cloud:
         async with running_gateway(settings_for(tmp_path, broker.port, ["a", "b"])) as gw:

@@ -1,0 +1,97 @@
+"""The broker's socket as paho sees it, over a real socket pair."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from gatewayd.cloud.puback import BrokerSocket
+
+PUBACK = b"\x40\x02\x00\x01"
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def drain(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return bytes(out)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+def test_small_reads_are_served_from_one_large_read(pair):
+    ours, theirs = pair
+    wrapped = BrokerSocket(ours)
+    theirs.sendall(PUBACK * 3)
+    assert wrapped.recv(1) == b"\x40"
+    assert wrapped.pending() == 11  # the rest came with it, for the reader to ask again
+    assert wrapped.recv(1) == b"\x02"
+    assert wrapped.recv(2) == b"\x00\x01"
+    assert wrapped.recv(100) == PUBACK * 2
+    assert wrapped.pending() == 0
+    with pytest.raises(BlockingIOError):
+        wrapped.recv(1)  # nothing left anywhere: paho's EAGAIN
+    theirs.close()
+    assert wrapped.recv(1) == b""  # end of stream is still end of stream
+
+
+def test_sends_while_gathering_leave_in_one_burst_in_order(pair):
+    ours, theirs = pair
+    wrapped = BrokerSocket(ours)
+    wrapped.gather()
+    assert wrapped.send(b"one,") == 4
+    assert wrapped.send(b"two,") == 4
+    assert drain(theirs) == b""  # held until the flush
+    assert wrapped.flush()
+    assert wrapped.send(b"three") == 5  # not gathering: straight out
+    assert drain(theirs) == b"one,two,three"
+
+
+def test_a_full_socket_keeps_the_rest_and_later_sends_behind_it(pair):
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    wrapped = BrokerSocket(ours)
+    burst = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+    wrapped.gather()
+    wrapped.send(burst)
+    assert not wrapped.flush()
+    assert wrapped.send(b"tail") == 4  # queued behind the unsent part, not ahead of it
+    received = bytearray()
+    while not wrapped.flush():
+        received += drain(theirs)
+    received += drain(theirs)
+    assert bytes(received) == burst + b"tail"
+
+
+def test_close_sends_what_was_gathered_first(pair):
+    ours, theirs = pair
+    wrapped = BrokerSocket(ours)
+    wrapped.gather()
+    wrapped.send(b"\xe0\x00")  # DISCONNECT, then paho closes the socket at once
+    wrapped.close()
+    assert drain(theirs) == b"\xe0\x00"
+    assert wrapped.fileno() == -1  # everything else is the socket's own
+
+
+def test_a_broken_connection_surfaces_at_the_flush(pair):
+    ours, theirs = pair
+    wrapped = BrokerSocket(ours)
+    theirs.close()
+    wrapped.gather()
+    wrapped.send(b"x" * 100)
+    with pytest.raises(BrokenPipeError):
+        wrapped.flush()
