@@ -25,6 +25,7 @@ from drivers.modbus.config import (
     ModbusPoint,
 )
 from drivers.modbus.plan import Block, plan_reads
+from drivers.modbus.tcp import TcpClient
 from gatewayd.batch import SampleBatch
 from gatewayd.errors import ConnectionLost, DeviceUnavailable, WriteRejected
 from gatewayd.model import Value
@@ -64,6 +65,8 @@ class ModbusSession:
     def __init__(self, client: Any, config: ModbusConnection) -> None:
         self._client = client
         self._config = config
+        # The lean TCP client bounds each request itself, with one timer for many.
+        self._times_out = isinstance(client, TcpClient)
         self._plans: dict[tuple[str, tuple[str, ...]], _ReadPlan] = {}
         self._by_list: dict[int, tuple[Sequence[ModbusPoint], ModbusDevice, _ReadPlan]] = {}
         self.requests = 0
@@ -119,8 +122,8 @@ class ModbusSession:
             if point.table == "coil":
                 flag = encode(point, value)[0] != 0
                 await self._call(
-                    device, "write coil", point.address, lambda: self._client.write_coil(
-                        point.address, flag, device_id=unit
+                    device, "write coil", point.address, lambda **kw: self._client.write_coil(
+                        point.address, flag, device_id=unit, **kw
                     ), write=True
                 )  # fmt: skip
                 return
@@ -136,14 +139,14 @@ class ModbusSession:
             raise WriteRejected(f"{point.id}: {len(registers)} registers exceed one write")
         if len(registers) == 1:
             await self._call(
-                device, "write register", point.address, lambda: self._client.write_register(
-                    point.address, registers[0], device_id=unit
+                device, "write register", point.address, lambda **kw: self._client.write_register(
+                    point.address, registers[0], device_id=unit, **kw
                 ), write=True
             )  # fmt: skip
         else:
             await self._call(
-                device, "write registers", point.address, lambda: self._client.write_registers(
-                    point.address, registers, device_id=unit
+                device, "write registers", point.address, lambda **kw: self._client.write_registers(
+                    point.address, registers, device_id=unit, **kw
                 ), write=True
             )  # fmt: skip
 
@@ -176,15 +179,18 @@ class ModbusSession:
     async def _read_block(self, device: ModbusDevice, block: Block) -> list[Any]:
         client, unit = self._client, device.unit_id
         start, count = block.start, block.count
-        call: Callable[[], Awaitable[Any]]
         if block.table == "holding":
-            call = lambda: client.read_holding_registers(start, count=count, device_id=unit)  # noqa: E731
+            method = client.read_holding_registers
         elif block.table == "input":
-            call = lambda: client.read_input_registers(start, count=count, device_id=unit)  # noqa: E731
+            method = client.read_input_registers
         elif block.table == "coil":
-            call = lambda: client.read_coils(start, count=count, device_id=unit)  # noqa: E731
+            method = client.read_coils
         else:
-            call = lambda: client.read_discrete_inputs(start, count=count, device_id=unit)  # noqa: E731
+            method = client.read_discrete_inputs
+
+        def call(**kw: float) -> Awaitable[Any]:
+            return method(start, count=count, device_id=unit, **kw)  # type: ignore[no-any-return]
+
         what = f"read {block.table} {start}+{count}"
         response = await self._call(device, what, start, call, write=False)
         data = response.bits if block.table in {"coil", "discrete"} else response.registers
@@ -197,7 +203,7 @@ class ModbusSession:
         device: ModbusDevice,
         what: str,
         address: int,
-        call: Callable[[], Awaitable[Any]],
+        call: Callable[..., Awaitable[Any]],
         *,
         write: bool,
     ) -> Any:
@@ -206,8 +212,11 @@ class ModbusSession:
         timeout = device.timeout_s or self._config.timeout_s
         self.requests += 1
         try:
-            async with asyncio.timeout(timeout):
-                response = await call()
+            if self._times_out:
+                response = await call(timeout_s=timeout)
+            else:
+                async with asyncio.timeout(timeout):
+                    response = await call()
         except TimeoutError:
             raise self._silence(device, f"{what}: no answer within {timeout:g} s") from None
         except ConnectionException as exc:

@@ -6,9 +6,9 @@ thousand requests a second that bookkeeping costs more CPU than the request itse
 in docs/decisions.md), so for Modbus TCP the session talks through this client instead: the
 same pymodbus PDU classes and MBAP framer, carried by a plain `asyncio.Protocol`.
 
-The session bounds every request with its own timeout. Transaction ids pair each answer with
-its request, so an answer that arrives after its request gave up is dropped instead of being
-taken for the answer to the next one. RTU, on a serial line or over TCP, stays on pymodbus'
+Every request carries its own timeout. Transaction ids pair each answer with its request, so
+an answer that arrives after its request gave up is dropped instead of being taken for the
+answer to the next one. RTU, on a serial line or over TCP, stays on pymodbus'
 client: there the bus speed, not the CPU, sets the pace.
 """
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _MAX_LENGTH = 254
 _HEADER = struct.Struct(">HHHB")
 _HEADER_SIZE = 7
+# Timers may fire up to a clock tick early (uvloop counts in milliseconds).
+_EARLY_S = 0.001
 _REGISTER_READS = {3: reg.ReadHoldingRegistersResponse, 4: reg.ReadInputRegistersResponse}
 _OTHER_REPLIES: dict[int, type[ModbusPDU]] = {
     1: bit.ReadCoilsResponse,
@@ -84,28 +86,66 @@ def decode_reply(function_code: int, pdu: bytes) -> ModbusPDU:
 
 
 class _Waiting:
-    __slots__ = ("function_code", "future", "unit")
+    __slots__ = ("deadline", "function_code", "future", "unit")
 
-    def __init__(self, future: asyncio.Future[ModbusPDU], function_code: int, unit: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[ModbusPDU], function_code: int, unit: int, deadline: float
+    ) -> None:
         self.future = future
         self.function_code = function_code
         self.unit = unit
+        self.deadline = deadline
 
 
 class _Mbap(asyncio.Protocol):
-    """Splits the byte stream into MBAP frames and settles the request each one answers."""
+    """Splits the byte stream into MBAP frames and settles the request each one answers.
+
+    Request deadlines share one timer: a request that is answered leaves it armed, and when
+    it fires it fails what is overdue and re-arms for the earliest deadline still waiting.
+    With one request after another, that is one timer per timeout period, not per request.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, _Waiting] = {}
         self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def watch(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Make sure the timer fires by `deadline`."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._expire, loop)
+        self._timer_at = deadline
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time() + _EARLY_S
+        soonest: float | None = None
+        for tid, entry in list(self.waiting.items()):
+            if entry.future.done():
+                del self.waiting[tid]
+            elif entry.deadline <= now:
+                del self.waiting[tid]  # an answer that still comes is dropped
+                entry.future.set_exception(TimeoutError())
+            elif soonest is None or entry.deadline < soonest:
+                soonest = entry.deadline
+        if soonest is not None:
+            self.watch(loop, soonest)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.fail(ConnectionException(f"{self.name}: connection lost{f' ({exc})' if exc else ''}"))
 
     def fail(self, exc: Exception) -> None:
@@ -160,7 +200,8 @@ class TcpClient:
 
     Requests return pymodbus response objects; failures raise pymodbus exceptions
     (`ConnectionException` when the socket is gone, `ModbusException` for a reply that does
-    not fit), which the session maps to gatewayd's errors.
+    not fit) or `TimeoutError` after `timeout_s` without an answer; the session maps them to
+    gatewayd's errors.
 
     Args:
         host: the device or gateway.
@@ -202,55 +243,59 @@ class TcpClient:
         self._protocol.fail(ConnectionException(f"{self._protocol.name}: closed"))
 
     def read_holding_registers(
-        self, address: int, *, count: int, device_id: int
+        self, address: int, *, count: int, device_id: int, timeout_s: float
     ) -> asyncio.Future[ModbusPDU]:
         """FC 3."""
         request = reg.ReadHoldingRegistersRequest(address=address, count=count, dev_id=device_id)
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
     def read_input_registers(
-        self, address: int, *, count: int, device_id: int
+        self, address: int, *, count: int, device_id: int, timeout_s: float
     ) -> asyncio.Future[ModbusPDU]:
         """FC 4."""
         request = reg.ReadInputRegistersRequest(address=address, count=count, dev_id=device_id)
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
-    def read_coils(self, address: int, *, count: int, device_id: int) -> asyncio.Future[ModbusPDU]:
+    def read_coils(
+        self, address: int, *, count: int, device_id: int, timeout_s: float
+    ) -> asyncio.Future[ModbusPDU]:
         """FC 1."""
         request = bit.ReadCoilsRequest(address=address, count=count, dev_id=device_id)
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
     def read_discrete_inputs(
-        self, address: int, *, count: int, device_id: int
+        self, address: int, *, count: int, device_id: int, timeout_s: float
     ) -> asyncio.Future[ModbusPDU]:
         """FC 2."""
         request = bit.ReadDiscreteInputsRequest(address=address, count=count, dev_id=device_id)
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
-    def write_coil(self, address: int, value: bool, *, device_id: int) -> asyncio.Future[ModbusPDU]:
+    def write_coil(
+        self, address: int, value: bool, *, device_id: int, timeout_s: float
+    ) -> asyncio.Future[ModbusPDU]:
         """FC 5."""
         request = bit.WriteSingleCoilRequest(address=address, bits=[value], dev_id=device_id)
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
     def write_register(
-        self, address: int, value: int, *, device_id: int
+        self, address: int, value: int, *, device_id: int, timeout_s: float
     ) -> asyncio.Future[ModbusPDU]:
         """FC 6."""
         request = reg.WriteSingleRegisterRequest(
             address=address, registers=[value], dev_id=device_id
         )
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
     def write_registers(
-        self, address: int, values: list[int], *, device_id: int
+        self, address: int, values: list[int], *, device_id: int, timeout_s: float
     ) -> asyncio.Future[ModbusPDU]:
         """FC 16."""
         request = reg.WriteMultipleRegistersRequest(
             address=address, registers=values, dev_id=device_id
         )
-        return self._execute(request)
+        return self._execute(request, timeout_s)
 
-    def _execute(self, request: ModbusPDU) -> asyncio.Future[ModbusPDU]:
+    def _execute(self, request: ModbusPDU, timeout_s: float) -> asyncio.Future[ModbusPDU]:
         protocol = self._protocol
         transport = protocol.transport
         if transport is None or transport.is_closing():
@@ -263,7 +308,10 @@ class TcpClient:
                 del waiting[tid]
         tid = self._tid = self._tid % 0xFFFF + 1
         request.transaction_id = tid
-        future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
-        waiting[tid] = _Waiting(future, request.function_code, request.dev_id)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ModbusPDU] = loop.create_future()
+        deadline = loop.time() + timeout_s
+        waiting[tid] = _Waiting(future, request.function_code, request.dev_id, deadline)
+        protocol.watch(loop, deadline)
         transport.write(self._framer.buildFrame(request))
         return future

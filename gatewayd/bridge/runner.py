@@ -26,6 +26,7 @@ from gatewayd.errors import ConnectionLost, DeviceUnavailable, TransientError
 from gatewayd.health import Component
 from gatewayd.model import Availability, Reading, Sample, Value
 from gatewayd.supervise import supervise
+from gatewayd.watchdog import Watchdog
 
 __all__ = ["ConnectionRunner", "Priority", "RunnerLimits"]
 
@@ -83,6 +84,8 @@ class ConnectionRunner:
             k: _DeviceState(Breaker(lim.breaker_failures, lim.breaker)) for k in self._devices
         }
         self.polls_skipped = 0
+        # Only the worker runs jobs, one at a time: one watchdog bounds them all.
+        self._watchdog = Watchdog(self._limits.job_timeout_s)
 
     @property
     def connected(self) -> bool:
@@ -173,6 +176,7 @@ class ConnectionRunner:
                         for dev_id, device in self._devices.items():
                             self._start_device(tg, session, dev_id, device)
                 finally:
+                    self._watchdog.close()
                     self._fail_waiting(self._queue)
                     self._queue = None
                     self._pending_polls.clear()
@@ -319,7 +323,7 @@ class ConnectionRunner:
     async def _attempt(self, session: Session[Any, Any], job: Job) -> Any:
         """One try of a job, bounded; a timeout is the device not answering."""
         try:
-            async with asyncio.timeout(self._limits.job_timeout_s):
+            with self._watchdog:
                 if job.call is not None:
                     return await job.call(session)
                 if job.priority is Priority.WRITE:

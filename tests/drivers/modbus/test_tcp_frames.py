@@ -73,7 +73,7 @@ async def connected() -> AsyncIterator[tuple[TcpClient, Reader, Writer]]:
 
 async def test_request_frame_and_a_reply_in_pieces():
     async with connected() as (client, reader, writer):
-        answer = client.read_holding_registers(7, count=3, device_id=9)
+        answer = client.read_holding_registers(7, count=3, device_id=9, timeout_s=5)
         tid, unit, pdu = await request(reader)
         assert (unit, pdu) == (9, bytes([3, 0, 7, 0, 3]))
         for byte in frame(tid, 9, registers(1, 65535, 300)):  # one byte per segment
@@ -86,10 +86,11 @@ async def test_request_frame_and_a_reply_in_pieces():
 
 async def test_a_late_answer_is_dropped_not_given_to_the_next_request():
     async with connected() as (client, reader, writer):
-        first = client.read_holding_registers(0, count=1, device_id=1)
+        first = client.read_holding_registers(0, count=1, device_id=1, timeout_s=0.05)
+        second = client.read_holding_registers(0, count=1, device_id=1, timeout_s=5)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(first, 0.05)  # the session gives up on it
-        second = client.read_holding_registers(0, count=1, device_id=1)
+            await asyncio.wait_for(first, 5)  # its own deadline, not the one armed later
+        assert not second.done()
         tid1, _, _ = await request(reader)
         tid2, _, _ = await request(reader)
         assert tid1 != tid2
@@ -99,9 +100,28 @@ async def test_a_late_answer_is_dropped_not_given_to_the_next_request():
         assert client.connected
 
 
+async def test_each_request_times_out_on_its_own_deadline():
+    async with connected() as (client, reader, writer):
+        slow = client.read_holding_registers(0, count=1, device_id=1, timeout_s=0.3)
+        fast = client.read_holding_registers(1, count=1, device_id=1, timeout_s=0.05)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fast, 5)  # the shorter deadline, armed second, fires first
+        assert not slow.done()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 5)
+        tid1, _, _ = await request(reader)
+        tid2, _, _ = await request(reader)
+        writer.write(frame(tid1, 1, registers(1)) + frame(tid2, 1, registers(2)))
+        answered = client.read_holding_registers(0, count=1, device_id=1, timeout_s=5)
+        tid3, _, _ = await request(reader)
+        writer.write(frame(tid3, 1, registers(3)))
+        assert list((await asyncio.wait_for(answered, 5)).registers) == [3]
+        assert client.connected  # a silent device is not a broken connection
+
+
 async def test_exception_reply_is_an_error_response():
     async with connected() as (client, reader, writer):
-        answer = client.write_register(4, 10, device_id=1)
+        answer = client.write_register(4, 10, device_id=1, timeout_s=5)
         tid, _, pdu = await request(reader)
         assert pdu == bytes([6, 0, 4, 0, 10])
         writer.write(frame(tid, 1, bytes([0x86, 3])))
@@ -121,12 +141,12 @@ async def test_exception_reply_is_an_error_response():
 )
 async def test_a_reply_that_does_not_fit_fails_its_request_only(unit, pdu, message):
     async with connected() as (client, reader, writer):
-        answer = client.read_holding_registers(0, count=1, device_id=1)
+        answer = client.read_holding_registers(0, count=1, device_id=1, timeout_s=5)
         tid, _, _ = await request(reader)
         writer.write(frame(tid, unit, pdu))
         with pytest.raises(ModbusException, match=message):
             await asyncio.wait_for(answer, 5)
-        again = client.read_holding_registers(0, count=1, device_id=1)
+        again = client.read_holding_registers(0, count=1, device_id=1, timeout_s=5)
         tid, _, _ = await request(reader)
         writer.write(frame(tid, 1, registers(42)))
         assert list((await asyncio.wait_for(again, 5)).registers) == [42]
@@ -161,7 +181,7 @@ async def test_peer_closing_fails_the_waiting_request_as_a_lost_connection():
         with pytest.raises(ConnectionLost, match="connection lost"):
             await asyncio.wait_for(read, 5)
         with pytest.raises(ConnectionException):
-            client.read_coils(0, count=1, device_id=1)
+            client.read_coils(0, count=1, device_id=1, timeout_s=5)
 
 
 async def test_wrong_unit_through_the_session_is_device_unavailable():
