@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import Any
 
 __all__ = ["Watchdog"]
 
@@ -25,19 +26,20 @@ _EARLY_S = 0.001
 
 
 class Watchdog:
-    """Guards one await at a time of the task that enters it; reusable.
+    """Guards one await at a time of one task; reusable.
 
     Args:
         bound_s: how long one guarded await may take.
+        task: the task whose awaits it guards (the one that enters it).
     """
 
     __slots__ = ("_bound_s", "_cancelling", "_deadline", "_fired", "_handle", "_task")
 
-    def __init__(self, bound_s: float) -> None:
+    def __init__(self, bound_s: float, task: asyncio.Task[Any]) -> None:
         self._bound_s = bound_s
+        self._task = task
         self._deadline: float | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[object] | None = None
         self._fired = False
         self._cancelling = 0
 
@@ -46,12 +48,7 @@ class Watchdog:
             msg = "a Watchdog guards one await at a time"
             raise RuntimeError(msg)
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if task is None:
-            msg = "a Watchdog guards awaits of a task"
-            raise RuntimeError(msg)
-        self._task = task
-        self._cancelling = task.cancelling()
+        self._cancelling = self._task.cancelling()
         self._deadline = deadline = loop.time() + self._bound_s
         if self._handle is None:
             self._handle = loop.call_at(deadline, self._expire, loop)
@@ -65,9 +62,7 @@ class Watchdog:
         self._deadline = None
         if self._fired:
             self._fired = False
-            task = self._task
-            assert task is not None  # set on entry
-            if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
     def close(self) -> None:
@@ -85,5 +80,4 @@ class Watchdog:
             self._handle = loop.call_at(deadline, self._expire, loop)
             return
         self._fired = True
-        assert self._task is not None  # set with the deadline
         self._task.cancel()

@@ -84,8 +84,7 @@ class ConnectionRunner:
             k: _DeviceState(Breaker(lim.breaker_failures, lim.breaker)) for k in self._devices
         }
         self.polls_skipped = 0
-        # Only the worker runs jobs, one at a time: one watchdog bounds them all.
-        self._watchdog = Watchdog(self._limits.job_timeout_s)
+        self._watchdog: Watchdog | None = None
 
     @property
     def connected(self) -> bool:
@@ -176,7 +175,9 @@ class ConnectionRunner:
                         for dev_id, device in self._devices.items():
                             self._start_device(tg, session, dev_id, device)
                 finally:
-                    self._watchdog.close()
+                    if self._watchdog is not None:
+                        self._watchdog.close()
+                        self._watchdog = None
                     self._fail_waiting(self._queue)
                     self._queue = None
                     self._pending_polls.clear()
@@ -251,6 +252,9 @@ class ConnectionRunner:
         queue = self._queue
         gap = self._limits.request_gap_s
         me = asyncio.current_task()
+        assert me is not None
+        # Only this task runs jobs, one at a time: one watchdog bounds them all.
+        self._watchdog = Watchdog(self._limits.job_timeout_s, me)
         while True:
             _, _, job = await queue.get()
             try:
@@ -259,7 +263,7 @@ class ConnectionRunner:
                 if job.poll_key is not None:
                     self._pending_polls.discard(job.poll_key)
                     self._catch_up(queue, job)
-            if me is not None and me.cancelling():
+            if me.cancelling():
                 # A driver library swallowed our cancellation (Python 3.11's wait_for does
                 # when its future completes at the same moment): honour it here.
                 raise asyncio.CancelledError
@@ -322,6 +326,7 @@ class ConnectionRunner:
 
     async def _attempt(self, session: Session[Any, Any], job: Job) -> Any:
         """One try of a job, bounded; a timeout is the device not answering."""
+        assert self._watchdog is not None  # set by the worker, the only caller
         try:
             with self._watchdog:
                 if job.call is not None:

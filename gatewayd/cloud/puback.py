@@ -59,10 +59,11 @@ class PublishSeam:
             c: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
         ) -> None:
             future = self._futures.pop(mid, None)
-            if future is not None and not future.done():
+            if future is None:  # not published through the seam: aiomqtt's to settle
+                if inner_publish is not None:
+                    inner_publish(c, userdata, mid, rc, props)
+            elif not future.done():
                 future.set_result(int(rc.value))
-            if inner_publish is not None:
-                inner_publish(c, userdata, mid, rc, props)
 
         def on_connect(
             c: paho.Client,

@@ -85,7 +85,8 @@ class Pump:
                     continue
                 for record in _interleave(batch):
                     await slots.acquire()
-                    await self._bucket.take()
+                    if not self._bucket.try_take():
+                        await self._bucket.take()
                     cursors[record.device] = record.id
                     if not self._send(seam, record, slots):
                         slots.release()

@@ -42,6 +42,14 @@ class TokenBucket:
         self._refill()
         return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
 
+    def try_take(self) -> bool:
+        """Take one token if one is there now."""
+        self._refill()
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
     async def take(self) -> None:
         """Take one token, sleeping until there is one."""
         delay = self.wait_s()

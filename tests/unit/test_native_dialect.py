@@ -92,6 +92,19 @@ async def test_token_bucket_allows_the_burst_then_the_rate():
     assert slept == pytest.approx([0.1, 0.1])
 
 
+def test_try_take_takes_only_a_token_that_is_there():
+    now = [0.0]
+    bucket = TokenBucket(10, burst=2, clock=lambda: now[0])
+    assert bucket.try_take()
+    assert bucket.try_take()
+    assert not bucket.try_take()  # empty: nothing taken, nothing owed
+    now[0] = 0.05
+    assert not bucket.try_take()
+    now[0] = 0.1
+    assert bucket.try_take()
+    assert bucket.wait_s() == pytest.approx(0.1)
+
+
 def test_fallback_only_for_an_unsupported_protocol_version():
     assert should_fall_back(MqttConnectError(0x84))
     assert should_fall_back(MqttConnectError(1))

@@ -9,8 +9,15 @@ import pytest
 from gatewayd.watchdog import Watchdog
 
 
+def mine(bound_s: float) -> Watchdog:
+    """A watchdog of the running task."""
+    task = asyncio.current_task()
+    assert task is not None
+    return Watchdog(bound_s, task)
+
+
 async def test_an_await_that_outlives_the_bound_times_out_and_the_task_goes_on():
-    dog = Watchdog(0.05)
+    dog = mine(0.05)
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     with pytest.raises(TimeoutError), dog:
         await never
@@ -21,7 +28,7 @@ async def test_an_await_that_outlives_the_bound_times_out_and_the_task_goes_on()
 
 
 async def test_short_awaits_in_a_row_never_fire_though_together_they_outlast_the_bound():
-    dog = Watchdog(0.3)
+    dog = mine(0.3)
     loop = asyncio.get_running_loop()
     start = loop.time()
     rounds = 0
@@ -34,10 +41,10 @@ async def test_short_awaits_in_a_row_never_fire_though_together_they_outlast_the
 
 
 async def test_a_cancellation_from_outside_stays_a_cancellation():
-    dog = Watchdog(10)
     started = asyncio.Event()
 
     async def guarded() -> None:
+        dog = mine(10)
         with dog:
             started.set()
             await asyncio.sleep(60)
@@ -47,12 +54,11 @@ async def test_a_cancellation_from_outside_stays_a_cancellation():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    dog.close()
 
 
 async def test_after_idling_past_the_bound_a_new_guard_gets_the_whole_bound():
     loop = asyncio.get_running_loop()
-    dog = Watchdog(0.2)
+    dog = mine(0.2)
     with dog:
         await asyncio.sleep(0)
     idle = loop.create_future()
@@ -64,7 +70,7 @@ async def test_after_idling_past_the_bound_a_new_guard_gets_the_whole_bound():
 
 
 async def test_one_await_at_a_time():
-    dog = Watchdog(1)
+    dog = mine(1)
     with dog, pytest.raises(RuntimeError, match="one await at a time"), dog:
         pass
     dog.close()
