@@ -137,13 +137,17 @@ class OutboxConfig(_Section):
     )
     durability: Literal["batched", "full"] = Field(
         default="batched",
-        description="full: fsync every append; batched: group commit every batch_window_ms.",
+        description="full: every record written and fsynced at once; batched: see batch_window_ms.",
     )
     batch_window_ms: int = Field(
         default=200,
         ge=1,
         le=10_000,
-        description="Group commit window: the most a power cut can lose when batched.",
+        description=(
+            "When batched: the file is synced at least this often, and telemetry waits in "
+            "memory this long for the broker's acknowledgement before it is written (what is "
+            "acknowledged meanwhile is never written). The most a power cut or a crash can lose."
+        ),
     )
     min_free_bytes: int = Field(
         default=64 * 1024 * 1024,

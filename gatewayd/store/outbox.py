@@ -10,8 +10,12 @@ Records leave only by `ack()` (the broker accepted them), `dead_letter()` (the b
 them), or a bound (`max_bytes`, `max_age_s`, the free-disk floor); every drop is counted by
 reason and device.
 
-Committed records also go to an in-memory tail (`gatewayd.store.outbox_tail`) until they are
-acknowledged, so `fetch()` serves a pump that keeps up without reading SQLite.
+Records also go to an in-memory tail (`gatewayd.store.outbox_tail`) as they are appended, until
+they are acknowledged, so `fetch()` serves a pump that keeps up without reading SQLite. With
+`batched` durability, records from `put()` wait up to `batch_window_ms` before their insert;
+one the broker acknowledges meanwhile is dropped from the commit and never written. The file
+is always a prefix of what was appended: a commit writes the oldest waiting records, and all
+of them when someone waits for one (`append()`).
 """
 
 from __future__ import annotations
@@ -99,9 +103,14 @@ class Outbox:
         self._disk_free = disk_free
         self._clock = clock
         self._seq = 0
-        self._pending: list[tuple[str, str, str, bytes, float]] = []
+        # Appended, not yet in a commit, by id: (record, loop time of the append).
+        self._pending: dict[int, tuple[Record, float]] = {}
+        self._next_id = tables.last_id + 1
         self._waiters: list[asyncio.Future[None]] = []
         self._pending_bytes = 0
+        self._hold_s = config.batch_window_ms / 1000 if config.durability == "batched" else 0.0
+        self._hurry = asyncio.Event()  # a record someone waits for: no holding back
+        self.unwritten = 0  # records acknowledged before their commit, never written
         self._acks: list[int] = []
         self._acked: set[int] = set()
         self._known: dict[int, Record] = {}  # acknowledged or dead records taken from the tail
@@ -140,10 +149,10 @@ class Outbox:
 
         For the field's telemetry: a poll must not wait for the disk. A commit that takes
         long (a checkpoint's fsync on a busy disk) would otherwise hold every connection's
-        next poll, and a reading never taken is lost for good. Records put here are
-        committed by the next group commit like any other, within milliseconds; while
-        `PUT_AHEAD_BYTES` of records wait for a commit, `put()` waits like `append()`.
-        A failed commit is logged; its records are not stored, as with `append()`.
+        next poll, and a reading never taken is lost for good. Records put here are sent at
+        once and written within `batch_window_ms` unless acknowledged first (see the module
+        doc); while `PUT_AHEAD_BYTES` of records wait for a commit, `put()` waits like
+        `append()`. A failed commit is logged; its records are not stored, as with `append()`.
 
         Raises:
             OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
@@ -178,21 +187,38 @@ class Outbox:
             raise OutboxFull(msg)
         self._seq += 1
         record_id = f"{self._tables.boot}-{self._seq}"
-        self._pending.append((record_id, device, kind, payload, self._clock()))
+        record = Record(self._next_id, record_id, device, kind, payload, self._clock())
+        self._next_id += 1
+        self._pending[record.id] = (record, asyncio.get_running_loop().time())
+        self._tail.add((record,))
         if done is not None:
             self._waiters.append(done)
+            self._hurry.set()
         self._pending_bytes += size
         self._wake.set()
+        self.changed.set()
         return record_id
 
     def ack(self, row_id: int) -> None:
-        """The broker accepted the record: delete it in the next commit."""
+        """The broker accepted the record: delete it in the next commit.
+
+        A record not yet written is dropped from the next commit instead: it never reaches
+        the disk.
+        """
+        entry = self._pending.pop(row_id, None)
+        if entry is not None:
+            self._tail.pop(row_id)
+            self._pending_bytes -= len(entry[0].payload)
+            self.unwritten += 1
+            return
         self._take(row_id)
         self._acks.append(row_id)
         self._wake.set()
 
     def dead_letter(self, row_id: int, reason_code: int | None, reason: str) -> None:
         """Move a record the broker refused to the dead-letter table."""
+        if row_id in self._pending:
+            self._hurry.set()  # written in the next commit, moved in the same transaction
         self._take(row_id)
         self._dead.append((row_id, reason_code, reason, self._clock()))
         self._wake.set()
@@ -215,10 +241,20 @@ class Outbox:
         lanes, behind = self._tail.fetch(after, per_device)
         if behind:
             skip = frozenset(self._acked)
+            # Records not yet written follow the file's (the file is a prefix). Taken before
+            # the read: a commit that writes some of them runs after it on the worker.
+            held: dict[str, list[Record]] = {}
+            for record, _ in self._pending.values():
+                if record.device in behind and record.id > behind[record.device]:
+                    held.setdefault(record.device, []).append(record)
             rows = await self.worker.call(
                 lambda conn: self._tables.fetch(conn, behind, per_device, skip)
             )
-            lanes.extend(_lanes(rows))
+            read = {lane[0].device: lane for lane in _lanes(rows)}
+            for device in behind:
+                lane = read.get(device, []) + held.get(device, [])
+                if lane:
+                    lanes.append(lane[:per_device])
         if len(lanes) == 1:
             return lanes[0]
         lanes.sort(key=lambda lane: lane[0].id)
@@ -267,7 +303,7 @@ class Outbox:
 
     async def flush(self) -> None:
         """Commit everything buffered now."""
-        await self._commit()
+        await self._commit(everything=True)
 
     async def run(self) -> None:
         """Group-commit loop and maintenance (age bound, disk floor, WAL sync); runs forever."""
@@ -279,20 +315,58 @@ class Outbox:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._hold_s and not self._hurry.is_set():
+                # Hold new records back for a moment: the broker acknowledges most of them
+                # meanwhile, and those are never written. Someone waiting cuts it short.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._hold_s)
             try:
                 await self._commit()
             except sqlite3.Error as exc:  # disk full, I/O error: the appenders were told
                 log.error("outbox commit failed: %s", exc)  # noqa: TRY400 - weather, not a bug
                 await asyncio.sleep(MAINTENANCE_S)
+            if self._pending:
+                self._wake.set()  # the ones still held go in a later commit
 
-    async def _commit(self) -> None:
-        if not (self._pending or self._acks or self._dead or self._drops):
+    def _due(self, everything: bool) -> list[Record]:
+        """The records the next commit writes: the oldest, in order, up to the last one due.
+
+        Everything when asked, when someone waits, without holding, or near the put-ahead
+        bound; otherwise those appended at least the hold time ago. Always a prefix, so every
+        record in the file is older than every record still pending.
+        """
+        pending = self._pending
+        if (
+            everything
+            or self._hurry.is_set()
+            or not self._hold_s
+            or self._pending_bytes >= PUT_AHEAD_BYTES
+        ):
+            due = [record for record, _ in pending.values()]
+            pending.clear()
+            self._pending_bytes = 0
+            self._hurry.clear()
+            return due
+        cutoff = asyncio.get_running_loop().time() - self._hold_s
+        due = []
+        for record, at in pending.values():
+            if at > cutoff:
+                break
+            due.append(record)
+        for record in due:
+            del pending[record.id]
+            self._pending_bytes -= len(record.payload)
+        return due
+
+    async def _commit(self, *, everything: bool = False) -> None:
+        due = self._due(everything) if self._pending else []
+        if not (due or self._acks or self._dead or self._drops):
             return
-        batch = Batch(self._pending, self._acks, self._dead, self._drops, self._known)
+        inserts = [(r.id, r.record_id, r.device, r.kind, r.payload, r.created) for r in due]
+        batch = Batch(inserts, self._acks, self._dead, self._drops, self._known)
         waiters = self._waiters
-        self._pending, self._waiters, self._acks, self._dead, self._drops = [], [], [], [], {}
+        self._waiters, self._acks, self._dead, self._drops = [], [], [], {}
         self._known = {}
-        self._pending_bytes = 0
         max_bytes = self._config.max_bytes if self._config.policy == "drop_oldest" else None
         done = self.worker.submit(lambda conn: self._tables.commit(conn, batch, max_bytes))
         done.add_done_callback(lambda fut: self._committed(fut, batch, waiters))
@@ -313,10 +387,8 @@ class Outbox:
         self._acked.difference_update(batch.acks)
         self._acked.difference_update(row for row, *_ in batch.dead)
         done = fut.result()
-        if done.first:
-            self._tail.add(
-                Record(row_id, *row) for row_id, row in enumerate(batch.inserts, done.first)
-            )
+        if batch.inserts:
+            self._tail.settled = max(self._tail.settled, batch.inserts[-1][0])
         if done.dropped_through:
             self._tail.drop_through(done.dropped_through)
         for waiter in waiters:
@@ -329,7 +401,6 @@ class Outbox:
             )
         if batch.inserts:
             self._dirty = True
-            self.changed.set()
 
     def _failed(
         self, batch: Batch, waiters: list[asyncio.Future[None]], failure: Exception
@@ -337,6 +408,10 @@ class Outbox:
         unwaited = len(batch.inserts) - len(waiters)
         if unwaited:
             log.error("outbox: %d records put without waiting were not stored", unwaited)
+        for row in batch.inserts:
+            self._tail.pop(row[0])  # not stored: not to be sent either
+        if batch.inserts:
+            self._tail.settled = max(self._tail.settled, batch.inserts[-1][0])
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(failure)
@@ -398,7 +473,7 @@ class Outbox:
     async def close(self) -> None:
         """Commit what is buffered and close the file."""
         self._closed = True
-        await self._commit()
+        await self._commit(everything=True)
         await self.worker.close()
 
 

@@ -71,11 +71,13 @@ class Record:
 class Batch:
     """What one group commit writes.
 
+    `inserts` carry their ids: the outbox numbers records as they are appended, before they
+    are written (and a record acknowledged before its commit is never written at all).
     `known` holds the acknowledged or dead-lettered records the in-memory tail still had: their
     payload sizes are known, so deleting them needs no read-back.
     """
 
-    inserts: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
+    inserts: list[tuple[int, str, str, str, bytes, float]] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)
     dead: list[tuple[int, int | None, str, float]] = field(default_factory=list)
     drops: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -87,7 +89,7 @@ class Committed:
     """What a group commit did, for the asyncio side.
 
     Args:
-        first: the id of the first inserted record (the rest follow consecutively); 0 if none.
+        first: the id of the first inserted record; 0 if none.
         dropped: records dropped for `max_bytes`, per device.
         dropped_through: the largest id dropped for `max_bytes` (every id up to it is gone);
             0 if none.
@@ -142,15 +144,13 @@ class OutboxTables:
             count, size = self.count, self.bytes
             if batch.inserts:
                 conn.executemany(
-                    "INSERT INTO records (record_id, device, kind, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO records (id, record_id, device, kind, payload, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     batch.inserts,
                 )
-                # One writer, one transaction: the new ids are consecutive up to the last.
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                first = last - len(batch.inserts) + 1
+                first = batch.inserts[0][0]
                 count += len(batch.inserts)
-                size += sum(len(r[3]) for r in batch.inserts)
+                size += sum(len(r[4]) for r in batch.inserts)
             gone = batch.acks
             if batch.dead:
                 gone = gone + [
@@ -178,7 +178,7 @@ class OutboxTables:
             raise
         self.count, self.bytes = count, size
         if first:
-            self.last_id = first + len(batch.inserts) - 1
+            self.last_id = max(self.last_id, batch.inserts[-1][0])
         return Committed(first, dropped, through)
 
     def fetch(

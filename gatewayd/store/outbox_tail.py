@@ -1,9 +1,10 @@
-"""The outbox's tail: committed, unacknowledged records kept in memory for the pump.
+"""The outbox's tail: unacknowledged records kept in memory for the pump.
 
 When the uplink keeps up, the pump sends records appended milliseconds ago. Reading them back
 from SQLite costs a query per device on every wake; the tail hands them over from memory
-instead, at the cost of the new records only. SQLite stays the truth: the tail holds copies of
-committed rows, and whatever it cannot vouch for is read from the file.
+instead, at the cost of the new records only. Records enter the tail as they are appended,
+before their commit; SQLite stays the truth for everything the tail gives up, and the tail
+gives up only records already in the file (up to `settled`).
 
 The invariant that makes that safe: every record in the file that is not in the tail (and is
 not being deleted) has an id at most `backlog[device]`, and at most `floor`. A device whose
@@ -40,6 +41,9 @@ class Tail:
 
     def __init__(self, *, floor: int, backlog: Mapping[str, int], max_bytes: int) -> None:
         self.floor = floor
+        # Records up to this id are committed (or gone); newer ones may still be on their way
+        # to the file, so they are never handed to the backlog.
+        self.settled = floor
         self.backlog: dict[str, int] = dict(backlog)
         self.bytes = 0
         self._max_bytes = max_bytes
@@ -51,7 +55,7 @@ class Tail:
         return len(self._records)
 
     def add(self, records: Iterable[Record]) -> None:
-        """Committed records, in id order."""
+        """Appended records, in id order."""
         for record in records:
             if record.id <= self.floor:  # its range was given up before it arrived
                 self._cover(record)
@@ -129,8 +133,10 @@ class Tail:
         return lanes, behind
 
     def _trim(self, target: int) -> None:
-        """Hand the oldest records to the backlog until at most `target` bytes are held."""
+        """Hand the oldest committed records to the backlog, down to `target` bytes held."""
         while self._records and self.bytes > target:
+            if next(iter(self._records)) > self.settled:
+                return  # the rest is not in the file yet: it stays here until it is
             self._cover(self._pop_oldest())
 
     def _pop_oldest(self) -> Record:

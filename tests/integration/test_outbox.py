@@ -198,6 +198,53 @@ async def test_put_does_not_wait_for_its_commit_until_too_much_waits(tmp_path, m
         assert [r.record_id for r in got] == [first, second, third]
 
 
+async def test_a_record_acknowledged_before_its_commit_is_never_written(tmp_path):
+    held = OutboxConfig(batch_window_ms=10_000)  # nothing is written unless forced
+    async with open_outbox(tmp_path / "o.db", held) as outbox:
+        await outbox.put("a", "telemetry", b"sent")
+        kept = await outbox.put("a", "telemetry", b"kept")
+        first, second = await outbox.fetch({}, 10)  # the pump sends them before any commit
+        assert outbox.depth == 0
+        outbox.ack(first.id)  # the broker has it
+        assert outbox.unwritten == 1
+        await outbox.flush()
+        assert outbox.depth == 1
+    async with open_outbox(tmp_path / "o.db", OutboxConfig()) as outbox:
+        assert [r.record_id for r in await outbox.fetch({}, 10)] == [kept]
+        assert second.record_id == kept
+
+
+async def test_records_nobody_acknowledges_are_written_after_the_hold(tmp_path):
+    async with open_outbox(tmp_path / "o.db", OutboxConfig(batch_window_ms=50)) as outbox:
+        for i in range(3):
+            await outbox.put("a", "telemetry", b"%d" % i)
+        assert outbox.depth == 0
+        await asyncio.wait_for(_until(lambda: outbox.depth == 3), 5)
+
+
+async def test_an_append_is_not_held_back_and_takes_older_records_with_it(tmp_path):
+    async with open_outbox(tmp_path / "o.db", OutboxConfig(batch_window_ms=10_000)) as outbox:
+        await outbox.put("a", "telemetry", b"held")
+        await asyncio.wait_for(outbox.append("a", "commands/update", b"now"), 2)
+        assert outbox.depth == 2  # in the file in order: nothing newer precedes anything older
+
+
+async def test_a_record_refused_before_its_commit_is_still_dead_lettered(tmp_path):
+    async with open_outbox(tmp_path / "o.db", OutboxConfig(batch_window_ms=10_000)) as outbox:
+        rid = await outbox.put("a", "telemetry", b"bad")
+        (record,) = await outbox.fetch({}, 10)
+        outbox.dead_letter(record.id, 0x87, "broker refused: Not authorized")
+
+        async def moved() -> None:  # promptly, though the hold is long
+            while not await outbox.dead_letters():
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(moved(), 2)
+        (dead,) = await outbox.dead_letters()
+        assert (dead.record_id, dead.reason_code) == (rid, 0x87)
+        assert (await outbox.stats()).records == 0
+
+
 async def _until(check) -> None:
     while not check():
         await asyncio.sleep(0.01)

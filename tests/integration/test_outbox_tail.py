@@ -23,6 +23,7 @@ from gatewayd.model import PointRef, Reading
 from gatewayd.settings import OutboxConfig
 from gatewayd.store.outbox import Outbox, Record, open_outbox
 from gatewayd.store.outbox_db import Batch, OutboxTables, migrate
+from gatewayd.store.outbox_tail import RECORD_OVERHEAD, Tail
 from tests.helpers import async_wait_for
 from tests.mqtt_broker import Broker
 from tests.refcloud import RefCloud
@@ -36,6 +37,7 @@ OPS = st.lists(
     st.tuples(
         st.sampled_from(
             ["append"] * 4
+            + ["put", "put"]
             + ["burst", "send", "send", "send", "ack", "ack", "ack", "dead"]
             + ["peek", "peek", "session", "age", "skew", "sweep", "check", "reopen"]
         ),
@@ -47,9 +49,13 @@ OPS = st.lists(
 
 
 def oracle(
-    conn: sqlite3.Connection, after: dict[str, int], per_device: int, skip: set[int]
+    conn: sqlite3.Connection,
+    after: dict[str, int],
+    per_device: int,
+    skip: set[int],
+    held: list[Record],
 ) -> list[Record]:
-    """What fetch() must answer, straight from the file.
+    """What fetch() must answer: the file, plus the records put and not yet written.
 
     Per device the oldest records after its cursor that are not settled; devices in the order
     of their oldest record returned.
@@ -61,7 +67,10 @@ def oracle(
             "WHERE device = ? AND id > ? ORDER BY id",
             (device, after.get(device, 0)),
         ).fetchall()
-        lane = [Record(*row) for row in rows if row[0] not in skip][:per_device]
+        cursor = after.get(device, 0)
+        records = [Record(*row) for row in rows]
+        records += [r for r in held if r.device == device and r.id > cursor]
+        lane = [r for r in records if r.id not in skip][:per_device]
         if lane:
             lanes.append(lane)
     lanes.sort(key=lambda lane: lane[0].id)
@@ -91,7 +100,10 @@ class Run:
 
 async def check(outbox: Outbox, run: Run, after: dict[str, int], per_device: int) -> list[Record]:
     got = await outbox.fetch(after, per_device)
-    want = await outbox.worker.call(lambda conn: oracle(conn, after, per_device, run.settled))
+    # Put records are held back from the file (the hold outlasts a run): the pump sees them
+    # from memory. No commit can start between this snapshot and the query behind it.
+    held = [record for record, _ in outbox._pending.values()]
+    want = await outbox.worker.call(lambda conn: oracle(conn, after, per_device, run.settled, held))
     assert got == want
     return got
 
@@ -113,6 +125,9 @@ async def step(outbox: Outbox, run: Run, op: Op, now: list[float]) -> None:
             *(outbox.append(d, "telemetry", p) for d, p in zip(devices, payloads, strict=True))
         )
         run.appended.update(zip(ids, payloads, strict=True))
+    elif name == "put":  # held back from the file; sent, acknowledged or dropped meanwhile
+        payload = b"%d-put" % len(run.appended) + b"y" * (x % 200)
+        run.appended[await outbox.put(DEVICES[y % len(DEVICES)], "telemetry", payload)] = payload
     elif name == "send":  # what the pump does: fetch, move the cursors, put in flight
         batch = await check(outbox, run, dict(run.cursors), 1 + x % 6)
         for record in batch:
@@ -143,6 +158,7 @@ async def step(outbox: Outbox, run: Run, op: Op, now: list[float]) -> None:
 
 async def drain_and_compare(outbox: Outbox, run: Run) -> None:
     """A fresh session reads everything left: all that was neither settled nor dropped."""
+    await outbox.flush()  # held records written now, and any drop for space with them
     run.new_session()
     seen: list[Record] = []
     while batch := await check(outbox, run, dict(run.cursors), 7):
@@ -167,7 +183,9 @@ async def drain_and_compare(outbox: Outbox, run: Run) -> None:
 
 async def scenario(path: Path, ops: list[Op], max_bytes: int, tail_bytes: int) -> None:
     now = [1000.0]
-    config = OutboxConfig(max_bytes=max_bytes, policy="drop_oldest", max_age_s=MAX_AGE_S)
+    config = OutboxConfig(
+        max_bytes=max_bytes, policy="drop_oldest", max_age_s=MAX_AGE_S, batch_window_ms=10_000
+    )
     run = Run()
     rest = list(ops)
     while True:
@@ -218,10 +236,10 @@ async def test_an_ack_of_a_record_a_bound_already_dropped_keeps_the_counters_exa
     conn = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
     migrate(conn)
     tables = OutboxTables(conn)
-    rows = [(f"1-{i}", "a", "telemetry", b"x" * (10 + i), 1.0) for i in range(4)]
-    done = tables.commit(conn, Batch(inserts=rows), None)
-    records = [Record(done.first + i, *row) for i, row in enumerate(rows)]
-    dropped = tables.commit(conn, Batch(inserts=[("1-9", "b", "kind", b"y" * 40, 1.0)]), 60)
+    rows = [(i + 1, f"1-{i}", "a", "telemetry", b"x" * (10 + i), 1.0) for i in range(4)]
+    tables.commit(conn, Batch(inserts=rows), None)
+    records = [Record(*row) for row in rows]
+    dropped = tables.commit(conn, Batch(inserts=[(5, "1-9", "b", "kind", b"y" * 40, 1.0)]), 60)
     assert dropped.dropped == {"a": 3}
     assert dropped.dropped_through == records[2].id
     late = Batch(acks=[records[0].id, records[3].id], known={r.id: r for r in records})
@@ -335,3 +353,15 @@ async def test_a_pump_that_keeps_up_reads_no_record_back_from_sqlite(tmp_path):
                 for device in devices:
                     live = cloud.of("telemetry", f"memory_{device}")[60:]
                     assert [u.body["telemetries"]["seq"] for u in live] == list(range(100))
+
+
+def test_the_tail_never_gives_the_backlog_a_record_not_yet_written():
+    tail = Tail(floor=0, backlog={}, max_bytes=2 * (RECORD_OVERHEAD + 10))
+    records = [Record(i, f"1-{i}", "a", "telemetry", b"x" * 10, 1.0) for i in range(1, 7)]
+    tail.add(records[:5])
+    assert len(tail) == 5  # over its bound, but none of them is in the file yet
+    assert tail.backlog == {}
+    tail.settled = 3
+    tail.add(records[5:])
+    assert tail.backlog == {"a": 3}  # the written ones go; the rest stay
+    assert len(tail) == 3
