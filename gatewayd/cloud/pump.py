@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Encoder = Callable[[Record], tuple[str, bytes, Properties | None]]
 
+# Rounds of the pump are at least this far apart: records sent in bursts.
+GATHER_S = 0.010
+
 
 class Pump:
     """Sends outbox records and settles them by PUBACK.
@@ -42,6 +45,7 @@ class Pump:
         per_device: records fetched per device per round.
         poison_strikes: drops of the connection, with a record alone in flight, that make it
             a dead letter.
+        gather_s: the least time between two rounds of sending.
     """
 
     def __init__(  # noqa: PLR0913 - collaborators and bounds, all injected
@@ -53,6 +57,7 @@ class Pump:
         max_window: int = 1000,
         per_device: int = 200,
         poison_strikes: int = 3,
+        gather_s: float | None = None,
     ) -> None:
         self._outbox = outbox
         self._encode = encode
@@ -60,6 +65,7 @@ class Pump:
         self._max_window = max_window
         self._per_device = per_device
         self._poison_strikes = poison_strikes
+        self._gather_s = GATHER_S if gather_s is None else gather_s
         self._probe = False
         self._strikes: dict[int, int] = {}
         self._in_flight: dict[int, Record] = {}
@@ -82,6 +88,7 @@ class Pump:
                 batch = await self._outbox.fetch(cursors, self._per_device)
                 if not batch:
                     await self._outbox.changed.wait()
+                    await self._gather()
                     continue
                 for record in _interleave(batch):
                     await slots.acquire()
@@ -94,8 +101,19 @@ class Pump:
                         for _ in range(spare):
                             slots.release()
                         spare = 0
+                await self._gather()
         finally:
             self._session_ended()
+
+    async def _gather(self) -> None:
+        """Let new records gather for a moment before the next round.
+
+        Records arrive one poll at a time. Rounds at most every `gather_s` send them in
+        bursts: one wake of the pump and one socket write for several records, instead of
+        one each.
+        """
+        if self._gather_s:
+            await asyncio.sleep(self._gather_s)
 
     def _send(self, seam: PublishSeam, record: Record, slots: asyncio.Semaphore) -> bool:
         topic, payload, properties = self._encode(record)

@@ -339,6 +339,24 @@ async def test_a_broker_that_stops_reading_gets_every_message_whole_and_in_order
             assert gw.uplink.connects == 1  # nothing broke the session
 
 
+async def test_records_that_arrive_close_together_leave_in_one_round(tmp_path, broker, monkeypatch):
+    import gatewayd.cloud.pump as pump_module  # noqa: PLC0415
+
+    monkeypatch.setattr(pump_module, "GATHER_S", 2.0)
+    settings = settings_for(tmp_path, broker.port, ["a"])
+    async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+        await gw.sink.readings("sim", "a", [reading("a", -1)])
+        await cloud.wait(lambda: len(cloud.telemetry()) == 1, timeout_s=10)
+        sent = gw.uplink.pump.sent
+        for i in range(5):  # spread over 50 ms: one gathering window of the idle pump
+            await gw.sink.readings("sim", "a", [reading("a", i)])
+            await asyncio.sleep(0.01)
+        assert gw.uplink.pump.sent == sent  # still gathering
+        await until(lambda: gw.uplink.pump.sent > sent, timeout_s=10)
+        assert gw.uplink.pump.sent == sent + 5  # all five in the same round, not one by one
+        await cloud.wait(lambda: len(cloud.telemetry()) == 6, timeout_s=10)
+
+
 async def test_children_no_longer_configured_are_deleted(tmp_path, broker):
     async with RefCloud(broker.port).running() as cloud:
         async with running_gateway(settings_for(tmp_path, broker.port, ["a", "b"])) as gw:
