@@ -59,6 +59,9 @@ async def render(health: Health, outbox: Outbox, uplink: object = None) -> str:
             "age of the oldest waiting record", [("", stats.oldest_age_s or 0.0)])  # fmt: skip
     _family(lines, "gatewayd_outbox_dead_letters", "gauge", "records the broker refused",
             [("", stats.dead_letters)])  # fmt: skip
+    _family(lines, "gatewayd_outbox_unwritten_total", "counter",
+            "records the broker acknowledged before they were written (never on disk)",
+            [("", outbox.unwritten)])  # fmt: skip
     _family(lines, "gatewayd_outbox_drops_total", "counter", "records dropped, by reason",
             ((f'reason="{_esc(reason)}",device="{_esc(device)}"', n)
              for reason, by_device in sorted(stats.drops.items())

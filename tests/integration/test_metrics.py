@@ -40,7 +40,9 @@ async def test_metrics_show_components_and_a_growing_outbox(tmp_path):
         async with asyncio.timeout(10):
             while (await metrics())["gatewayd_outbox_records"] < 5:  # no cloud: records wait
                 await asyncio.sleep(0.05)
-        assert (await metrics())["gatewayd_outbox_bytes"] > 0
+        last = await metrics()
+        assert last["gatewayd_outbox_bytes"] > 0
+        assert last["gatewayd_outbox_unwritten_total"] == 0  # no broker: everything written
 
     async with (
         aiohttp.ClientSession() as anonymous,
