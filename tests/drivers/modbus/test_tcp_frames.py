@@ -154,11 +154,7 @@ async def test_a_reply_that_does_not_fit_fails_its_request_only(unit, pdu, messa
 
 async def test_bytes_that_are_not_modbus_tcp_close_the_connection():
     async with connected() as (client, reader, writer):
-        session = ModbusSession(
-            client, ModbusTcpConnection(driver="modbus-tcp", host="127.0.0.1", port=1)
-        )
-        device = ModbusDevice(id="meter", unit_id=1, timeout_s=5)
-        read = asyncio.create_task(session._read_block(device, Block("holding", 0, 1, ())))
+        read = read_one(client)
         tid, _, _ = await request(reader)
         writer.write(frame(tid, 1, registers(1), protocol=7))
         with pytest.raises(ConnectionLost, match="malformed MBAP header"):
@@ -171,11 +167,7 @@ async def test_bytes_that_are_not_modbus_tcp_close_the_connection():
 
 async def test_peer_closing_fails_the_waiting_request_as_a_lost_connection():
     async with connected() as (client, reader, writer):
-        session = ModbusSession(
-            client, ModbusTcpConnection(driver="modbus-tcp", host="127.0.0.1", port=1)
-        )
-        device = ModbusDevice(id="meter", unit_id=1, timeout_s=5)
-        read = asyncio.create_task(session._read_block(device, Block("holding", 0, 1, ())))
+        read = read_one(client)
         await request(reader)
         writer.close()
         with pytest.raises(ConnectionLost, match="connection lost"):
@@ -186,11 +178,7 @@ async def test_peer_closing_fails_the_waiting_request_as_a_lost_connection():
 
 async def test_wrong_unit_through_the_session_is_device_unavailable():
     async with connected() as (client, reader, writer):
-        session = ModbusSession(
-            client, ModbusTcpConnection(driver="modbus-tcp", host="127.0.0.1", port=1)
-        )
-        device = ModbusDevice(id="meter", unit_id=1, timeout_s=5)
-        read = asyncio.create_task(session._read_block(device, Block("holding", 0, 1, ())))
+        read = read_one(client)
         tid, _, _ = await request(reader)
         writer.write(frame(tid, 3, registers(1)))
         with pytest.raises(
