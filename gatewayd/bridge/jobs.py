@@ -1,4 +1,4 @@
-"""What a connection runner queues: prioritised jobs, and how pollers are phased."""
+"""What a connection runner runs: prioritised jobs, and how polls are phased."""
 
 from __future__ import annotations
 
@@ -32,12 +32,11 @@ class Job:
     points: Sequence[PointConfig]
     value: Value | None = None
     done: asyncio.Future[Any] | None = None
-    poll_key: tuple[str, float] | None = None
     call: Callable[[Session[Any, Any]], Awaitable[Any]] | None = None
 
 
 def phase(key: str, interval: float) -> float:
-    """A stable offset in (0, interval] for a poller."""
+    """A stable offset in (0, interval] for a device's polls."""
     return interval * (1 + zlib.crc32(key.encode()) % 1000) / 1000
 
 

@@ -1,14 +1,13 @@
 """The one owner of a connection: one session, one prioritised queue, no collisions.
 
-Everything that touches the resource (polls, on-demand reads, writes) goes through one queue
+Everything that touches the resource (polls, on-demand reads, writes) goes through one agenda
 served by one worker, so a serial bus never sees two requests at once. Writes and on-demand
-reads go before background polls. Push streams (`watch`) run beside the queue.
+reads go before background polls. Push streams (`watch`) run beside the agenda.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 
 from gatewayd.backoff import Backoff
 from gatewayd.batch import SampleBatch
+from gatewayd.bridge.agenda import Agenda, AgendaFull, Poll
 from gatewayd.bridge.breaker import Breaker
 from gatewayd.bridge.jobs import Job, Priority, phase, settle
 from gatewayd.bridge.limits import RunnerLimits
@@ -74,11 +74,8 @@ class ConnectionRunner:
         self._component = component
         self._backoff = backoff or Backoff(initial_s=1.0, max_s=60.0)
         self._limits = limits or RunnerLimits.from_config(config)
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Job]] | None = None
-        self._seq = itertools.count()
+        self._agenda: Agenda | None = None
         self._batches = BatchNormaliser(connection_id)
-        self._pending_polls: set[tuple[str, float]] = set()
-        self._owed_polls: set[tuple[str, float]] = set()
         lim = self._limits
         self._state = {
             k: _DeviceState(Breaker(lim.breaker_failures, lim.breaker)) for k in self._devices
@@ -89,7 +86,7 @@ class ConnectionRunner:
     @property
     def connected(self) -> bool:
         """Whether a session is open now."""
-        return self._queue is not None
+        return self._agenda is not None
 
     async def run(self) -> None:
         """Keep a session open, reconnecting with backoff, until cancelled."""
@@ -138,15 +135,15 @@ class ConnectionRunner:
         return result
 
     async def _submit(self, job: Job) -> Any:
-        queue = self._queue
-        if queue is None:
+        agenda = self._agenda
+        if agenda is None:
             msg = f"connection {self.id} is not connected"
             raise DeviceUnavailable(msg)
         job.done = asyncio.get_running_loop().create_future()
         try:
-            queue.put_nowait((job.priority, next(self._seq), job))
-        except asyncio.QueueFull:
-            msg = f"connection {self.id}: request queue full"
+            agenda.submit(job)
+        except AgendaFull as exc:
+            msg = f"connection {self.id}: request queue full: {exc}"
             raise DeviceUnavailable(msg) from None
         return await job.done
 
@@ -166,125 +163,86 @@ class ConnectionRunner:
     async def _open_session(self) -> None:
         try:
             async with self._driver.connect() as session:
-                self._queue = asyncio.PriorityQueue(self._limits.queue_size)
+                self._agenda = agenda = Agenda(self._limits.queue_size)
+                self._schedule_polls(agenda)
                 self._component.up()
                 await self._links_up()
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._worker(session), name=f"connection[{self.id}].worker")
                         for dev_id, device in self._devices.items():
-                            self._start_device(tg, session, dev_id, device)
+                            self._start_watcher(tg, session, dev_id, device)
                 finally:
                     if self._watchdog is not None:
                         self._watchdog.close()
                         self._watchdog = None
-                    self._fail_waiting(self._queue)
-                    self._queue = None
-                    self._pending_polls.clear()
-                    self._owed_polls.clear()
+                    self._agenda = None
+                    for job in agenda.drain():
+                        settle(job, DeviceUnavailable(f"connection {self.id} closed"))
         except BaseExceptionGroup as group:
             raise _first_transient(group) from None
 
-    def _start_device(
+    def _schedule_polls(self, agenda: Agenda) -> None:
+        """One poll per device and interval, the first of each due at once."""
+        now = asyncio.get_running_loop().time()
+        for device in self._devices.values():
+            polled: dict[float, list[PointConfig]] = {}
+            for point in device.points.values():
+                if not getattr(point, "push", False):
+                    polled.setdefault(point.interval_s or device.interval_s, []).append(point)
+            for interval, points in sorted(polled.items()):
+                job = Job(Priority.POLL, device, points)
+                # The step from the first tick to the second is spread by device, so many
+                # devices with one interval do not all hit the loop and the bus in one burst.
+                step = phase(f"{self.id}/{device.id}", interval)
+                agenda.schedule(Poll(job, interval, step, due=now))
+
+    def _start_watcher(
         self,
         tg: asyncio.TaskGroup,
         session: Session[Any, Any],
         dev_id: str,
         device: DeviceConfig[Any],
     ) -> None:
-        polled: dict[float, list[PointConfig]] = {}
-        pushed: list[PointConfig] = []
-        for point in device.points.values():
-            if getattr(point, "push", False):
-                pushed.append(point)
-            else:
-                polled.setdefault(point.interval_s or device.interval_s, []).append(point)
-        for interval, points in sorted(polled.items()):
-            tg.create_task(
-                self._poller(device, interval, points),
-                name=f"connection[{self.id}].poll[{dev_id}@{interval:g}s]",
-            )
+        pushed = [p for p in device.points.values() if getattr(p, "push", False)]
         if pushed and isinstance(session, Watchable):
             tg.create_task(
                 self._watcher(session, device, pushed),
                 name=f"connection[{self.id}].watch[{dev_id}]",
             )
 
-    async def _poller(
-        self, device: DeviceConfig[Any], interval: float, points: list[PointConfig]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        key = (device.id, interval)
-        due = loop.time()
-        # The first poll goes out at once; the first step sets a phase spread by device, so
-        # many devices with one interval do not all hit the loop and the bus in one burst.
-        step = phase(f"{self.id}/{device.id}", interval)
-        while True:
-            queue = self._queue
-            if queue is None:
-                return
-            if key in self._pending_polls:
-                # Still waiting from the last tick: owe one catch-up poll, never a backlog.
-                if key in self._owed_polls:
-                    self.polls_skipped += 1
-                self._owed_polls.add(key)
-            elif self._state[device.id].breaker.allows(loop.time()):
-                self._pending_polls.add(key)
-                try:
-                    queue.put_nowait(
-                        (
-                            Priority.POLL,
-                            next(self._seq),
-                            Job(Priority.POLL, device, points, poll_key=key),
-                        )
-                    )
-                except asyncio.QueueFull:
-                    self._pending_polls.discard(key)
-                    self.polls_skipped += 1
-            due += step
-            step = interval
-            now = loop.time()
-            due = max(due, now)
-            await asyncio.sleep(due - now)
-
     async def _worker(self, session: Session[Any, Any]) -> None:
-        assert self._queue is not None
-        queue = self._queue
+        agenda = self._agenda
+        assert agenda is not None
+        loop = asyncio.get_running_loop()
         gap = self._limits.request_gap_s
         me = asyncio.current_task()
         assert me is not None
         # Only this task runs jobs, one at a time: one watchdog bounds them all.
         self._watchdog = Watchdog(self._limits.job_timeout_s, me)
         while True:
-            _, _, job = await queue.get()
-            try:
-                await self._serve(session, job)
-            finally:
-                if job.poll_key is not None:
-                    self._pending_polls.discard(job.poll_key)
-                    self._catch_up(queue, job)
+            item = await agenda.next()
+            if isinstance(item, Poll):
+                state = self._state[item.job.device.id]
+                if not state.breaker.allows(loop.time()):
+                    item.resume_at(state.breaker.open_until)
+                    agenda.schedule(item)
+                    continue
+                try:
+                    await self._serve(session, item.job)
+                finally:
+                    # A device that has just failed gets no immediate catch-up poll.
+                    caught_up = state.up is not False
+                    self.polls_skipped += item.after_run(loop.time(), catch_up=caught_up)
+                    agenda.schedule(item)
+            else:
+                await self._serve(session, item)
             if me.cancelling():
                 # A driver library swallowed our cancellation (Python 3.11's wait_for does
                 # when its future completes at the same moment): honour it here.
                 raise asyncio.CancelledError
             if gap:
                 await asyncio.sleep(gap)
-
-    def _catch_up(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]], job: Job) -> None:
-        """Queue the poll a late tick owed, unless the device has just failed."""
-        key = job.poll_key
-        if key is None or key not in self._owed_polls:
-            return
-        self._owed_polls.discard(key)
-        if self._state[job.device.id].up is False:
-            self.polls_skipped += 1
-            return
-        try:
-            queue.put_nowait((Priority.POLL, next(self._seq), job))
-        except asyncio.QueueFull:
-            self.polls_skipped += 1
-            return
-        self._pending_polls.add(key)
 
     async def _serve(self, session: Session[Any, Any], job: Job) -> None:
         device = job.device
@@ -396,11 +354,6 @@ class ConnectionRunner:
                 state.up = False
                 log.warning("%s/%s: link lost: %s", self.id, device.id, exc)
                 await self._sink.availability(self.id, device.id, Availability.ABNORMAL, str(exc))
-
-    def _fail_waiting(self, queue: asyncio.PriorityQueue[tuple[int, int, Job]]) -> None:
-        while not queue.empty():
-            _, _, job = queue.get_nowait()
-            settle(job, DeviceUnavailable(f"connection {self.id} closed"))
 
 
 def _first_transient(group: BaseExceptionGroup[Any]) -> BaseException:
