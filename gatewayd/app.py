@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gatewayd import systemd
+from gatewayd import heap, systemd
 from gatewayd.api.auth import TokenAuth
 from gatewayd.api.iotda import mount_iotda
 from gatewayd.api.metrics import mount_metrics
@@ -191,6 +191,7 @@ class App:
             await self.api.bound.wait()
         self.notifier.ready(self.health.summary())
         log.info("ready")
+        heap.settle()
 
     async def _watchdog(self) -> None:
         period = systemd.watchdog_period_s()

@@ -33,11 +33,12 @@ class Watchdog:
         task: the task whose awaits it guards (the one that enters it).
     """
 
-    __slots__ = ("_bound_s", "_cancelling", "_deadline", "_fired", "_handle", "_task")
+    __slots__ = ("_bound_s", "_cancelling", "_deadline", "_fired", "_handle", "_loop", "_task")
 
     def __init__(self, bound_s: float, task: asyncio.Task[Any]) -> None:
         self._bound_s = bound_s
         self._task = task
+        self._loop = task.get_loop()
         self._deadline: float | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._fired = False
@@ -47,7 +48,7 @@ class Watchdog:
         if self._deadline is not None:
             msg = "a Watchdog guards one await at a time"
             raise RuntimeError(msg)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._cancelling = self._task.cancelling()
         self._deadline = deadline = loop.time() + self._bound_s
         if self._handle is None:

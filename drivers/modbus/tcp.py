@@ -217,6 +217,7 @@ class TcpClient:
         self._protocol = _Mbap(name)
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._tid = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def connected(self) -> bool:
@@ -226,7 +227,8 @@ class TcpClient:
 
     async def connect(self) -> bool:
         """Open the socket; False if it cannot be opened in time."""
-        loop = asyncio.get_running_loop()
+        # Kept for requests: on Python 3.11 each lookup of the running loop is a system call.
+        self._loop = loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await loop.create_connection(lambda: self._protocol, self._host, self._port)
@@ -308,7 +310,8 @@ class TcpClient:
                 del waiting[tid]
         tid = self._tid = self._tid % 0xFFFF + 1
         request.transaction_id = tid
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # a transport means connect() ran
         future: asyncio.Future[ModbusPDU] = loop.create_future()
         deadline = loop.time() + timeout_s
         waiting[tid] = _Waiting(future, request.function_code, request.dev_id, deadline)

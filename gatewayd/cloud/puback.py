@@ -1,18 +1,21 @@
-"""PUBACK reason codes, CONNACK limits and the broker's socket: the one seam under aiomqtt.
+"""QoS 1 publishes, their PUBACKs, CONNACK limits, the broker's socket: the seam under aiomqtt.
 
 aiomqtt 2.x returns from `publish()` on any PUBACK, even one whose reason code refuses the
 message (MQTT 5, e.g. 0x87 not authorized), and does not expose the broker's Receive Maximum
 or Maximum Packet Size. The outbox may delete a record only after a *successful* PUBACK, so
-this module wraps the underlying paho client's `on_publish` and `on_connect` callbacks and
-publishes through paho directly, resolving one future per message with its reason code. It
-also hands paho a socket that reads in large chunks and writes a burst of packets at once
-(`BrokerSocket`). Nothing else in gatewayd reaches under aiomqtt.
+the seam sends its QoS 1 PUBLISH packets itself (built by `gatewayd/cloud/wire.py`) on the
+connection aiomqtt and paho keep, takes their PUBACKs out of the incoming stream before paho
+reads it, and resolves one future per message with its reason code. paho allocates the
+packet identifiers, so they never clash with its own (SUBSCRIBE), and handles everything
+else on the connection. `BrokerSocket`, the socket paho is handed, reads in large chunks and
+writes a burst of packets at once. Nothing else in gatewayd reaches under aiomqtt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,11 +26,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gatewayd.cloud.wire import publish_qos1, split_pubacks, topic_field
 from gatewayd.errors import UplinkUnavailable
 
 __all__ = ["BrokerSocket", "ConnAck", "PublishSeam", "reason_name"]
 
 DEFAULT_RECEIVE_MAXIMUM = 65535
+
+# Topic fields kept encoded, one per device and message kind; past this many, start over.
+_TOPIC_CACHE = 10_000
+
+# A socket that cannot take more now: plain sockets say EAGAIN, TLS ones want a write or read.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +51,8 @@ class ConnAck:
 class PublishSeam:
     """Publishes at QoS 1 and reports each PUBACK's reason code.
 
-    Create it before entering the client's context, so it sees the CONNACK.
+    Create it before entering the client's context, so it sees the socket open and the
+    CONNACK.
 
     Args:
         client: an aiomqtt client not yet connected.
@@ -50,20 +61,12 @@ class PublishSeam:
     def __init__(self, client: aiomqtt.Client) -> None:
         self._client = client
         self._paho: paho.Client = client._client  # noqa: SLF001 - this module is the seam
+        self._loop: asyncio.AbstractEventLoop = client._loop  # noqa: SLF001
         self._futures: dict[int, asyncio.Future[int]] = {}
+        self._topics: dict[str, bytes] = {}
+        self._flush_due = False
         self.connack = ConnAck()
-        inner_publish = cast("Callable[..., None] | None", self._paho.on_publish)
         inner_connect = cast("Callable[..., None] | None", self._paho.on_connect)
-
-        def on_publish(
-            c: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
-        ) -> None:
-            future = self._futures.pop(mid, None)
-            if future is None:  # not published through the seam: aiomqtt's to settle
-                if inner_publish is not None:
-                    inner_publish(c, userdata, mid, rc, props)
-            elif not future.done():
-                future.set_result(int(rc.value))
 
         def on_connect(
             c: paho.Client,
@@ -80,47 +83,13 @@ class PublishSeam:
             if inner_connect is not None:
                 inner_connect(c, userdata, flags, rc, props)
 
-        self._paho.on_publish = on_publish
         self._paho.on_connect = on_connect
         self._paho.on_socket_register_write = self._register_write(
             cast("Callable[..., None]", self._paho.on_socket_register_write)
         )
-        self._paho.on_socket_open = _wrap_socket(
+        self._paho.on_socket_open = self._wrap_socket(
             cast("Callable[..., None]", self._paho.on_socket_open)
         )
-        self._paho.max_inflight_messages_set(0)  # our window is the bound, not paho's 20
-
-    def _register_write(self, deferred: Callable[..., None]) -> Callable[..., None]:
-        """The hook paho calls when it has data to send, run at once on the event loop.
-
-        aiomqtt always defers `add_writer` through `call_soon_threadsafe`, because paho may
-        call the hook from the thread that connects. On the loop that costs a wake-up of the
-        loop per burst of publishes, and when the broker drops the connection in between,
-        the deferred call meets a closed socket and logs a traceback. From the loop thread
-        the writer is added at once; from another thread aiomqtt's deferred call stays.
-        """
-        client = self._client
-
-        def write_ready(c: paho.Client) -> None:
-            try:
-                _write(c, client._loop, write_ready)  # noqa: SLF001 - this module is the seam
-            except Exception as exc:  # noqa: BLE001 - a broken pipe: the session is over
-                disconnected = client._disconnected  # noqa: SLF001 - this module is the seam
-                if not disconnected.done():
-                    disconnected.set_exception(exc)
-
-        def register(c: paho.Client, userdata: Any, sock: Any) -> None:
-            loop = client._loop  # noqa: SLF001 - this module is the seam
-            try:
-                here = asyncio.get_running_loop()
-            except RuntimeError:
-                here = None
-            if here is not loop:
-                deferred(c, userdata, sock)
-                return
-            loop.add_writer(sock.fileno(), write_ready, c)
-
-        return register
 
     @property
     def in_flight(self) -> int:
@@ -132,27 +101,120 @@ class PublishSeam:
     ) -> asyncio.Future[int]:
         """Send at QoS 1; the future gets the PUBACK reason code (0 is success).
 
+        The packet leaves with the others of this turn of the event loop, in one write.
+
         Raises:
             UplinkUnavailable: the client is not connected.
+            ValueError: `topic` is not a topic name (a bug: the dialect builds topics).
         """
-        info = self._paho.publish(topic, payload, qos=1, properties=properties)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            msg = f"publish to {topic} failed: {paho.error_string(info.rc)}"
+        client = self._paho
+        sock = client._sock  # noqa: SLF001 - this module is the seam
+        if not isinstance(sock, BrokerSocket) or not client.is_connected():
+            msg = f"publish to {topic} failed: not connected"
             raise UplinkUnavailable(msg)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._futures[info.mid] = future
+        field = self._topics.get(topic)
+        if field is None:
+            if len(self._topics) >= _TOPIC_CACHE:
+                self._topics.clear()
+            field = self._topics[topic] = topic_field(topic)
+        futures = self._futures
+        mid = client._mid_generate()  # noqa: SLF001
+        while mid in futures:  # still unacknowledged after 65,535 others
+            mid = client._mid_generate()  # noqa: SLF001
+        if properties is not None:
+            props: bytes | None = properties.pack()  # type: ignore[no-untyped-call]
+        else:
+            props = b"\x00" if client.protocol == paho.MQTTv5 else None
+        sock.queue(publish_qos1(field, mid, props, payload))
+        future: asyncio.Future[int] = self._loop.create_future()
+        futures[mid] = future
+        self._flush_soon()
         return future
 
     def fail_all(self, reason: str) -> None:
         """The connection is gone: every message still waiting for its PUBACK failed."""
-        disconnected = self._client._disconnected  # noqa: SLF001 - this module is the seam
-        if disconnected.done() and not disconnected.cancelled():
-            disconnected.exception()  # seen: a lost link is weather, not an unhandled error
         futures, self._futures = self._futures, {}
         for future in futures.values():
             if not future.done():
                 future.set_exception(UplinkUnavailable(reason))
                 future.exception()  # retrieved here: a lost PUBACK is expected, not an error
+
+    def _settle(self, mid: int, code: int) -> bool:
+        """A PUBACK arrived: ours (the future gets its code), or paho's to handle."""
+        future = self._futures.pop(mid, None)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_result(code)
+        return True
+
+    def _flush_soon(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _stalled(self) -> None:
+        """The socket kept part of a send back; get the rest out when it can take it."""
+        self._loop.call_soon_threadsafe(self._flush_soon)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        client = self._paho
+        sock = client._sock  # noqa: SLF001 - this module is the seam
+        if not isinstance(sock, BrokerSocket):
+            return  # closed meanwhile; `fail_all` settles the futures
+        try:
+            done = sock.flush()
+        except OSError as exc:
+            self._broken(exc)
+            return
+        if not done:
+            self._loop.add_writer(sock.fileno(), self._write_ready, client)
+
+    def _write_ready(self, c: paho.Client) -> None:
+        """The socket can take more: paho's queued packets and ours go out as one burst."""
+        try:
+            _write(c, self._loop, self._write_ready)
+        except Exception as exc:  # noqa: BLE001 - a broken pipe: the session is over
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        disconnected = self._client._disconnected  # noqa: SLF001 - this module is the seam
+        if not disconnected.done():
+            disconnected.set_exception(exc)
+
+    def _register_write(self, deferred: Callable[..., None]) -> Callable[..., None]:
+        """The hook paho calls when it has data to send, run at once on the event loop.
+
+        aiomqtt always defers `add_writer` through `call_soon_threadsafe`, because paho may
+        call the hook from the thread that connects. On the loop that costs a wake-up of the
+        loop per burst of packets, and when the broker drops the connection in between, the
+        deferred call meets a closed socket and logs a traceback. From the loop thread the
+        writer is added at once; from another thread aiomqtt's deferred call stays.
+        """
+        loop = self._loop
+
+        def register(c: paho.Client, userdata: Any, sock: Any) -> None:
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is not loop:
+                deferred(c, userdata, sock)
+                return
+            loop.add_writer(sock.fileno(), self._write_ready, c)
+
+        return register
+
+    def _wrap_socket(self, inner: Callable[..., None]) -> Callable[..., None]:
+        """Wrap paho's socket as it opens; aiomqtt's hook still sees the socket itself."""
+
+        def opened(c: paho.Client, userdata: Any, sock: Any) -> None:
+            if c._sock is sock:  # noqa: SLF001 - this module is the seam
+                c._sock = BrokerSocket(sock, self._settle, self._stalled)  # noqa: SLF001
+            inner(c, userdata, sock)
+
+        return opened
 
 
 class BrokerSocket:
@@ -160,31 +222,59 @@ class BrokerSocket:
 
     paho reads every packet with at least three `recv` calls (the type byte, each length
     byte, the body) plus one that fails with EAGAIN, and writes every packet with its own
-    `send`. At a thousand publishes and PUBACKs a second those system calls are a visible
-    part of the uplink's CPU. Here one `recv` takes what the kernel has and paho's small
-    reads are served from memory; `pending()` makes the reader callback (aiomqtt's, written
-    for TLS sockets that buffer the same way) call paho again while bytes are left. While
-    the publish seam runs paho's writer (`gather()` ... `flush()`), paho's sends are
-    collected and leave in one `send`.
+    `send`. Here one `recv` takes what the kernel has; the PUBACKs that `settle` claims are
+    taken out of it (see `wire.split_pubacks`), the rest is served to paho's small reads from
+    memory, and `pending()` makes the reader callback (aiomqtt's, written for TLS sockets that
+    buffer the same way) call paho again while bytes are left.
+
+    Every byte to send, paho's and the seam's own packets (`queue()`), goes through one
+    queue, so packets never interleave: a send never takes part of a packet. While the seam
+    runs paho's writer (`gather()` ... `flush()`), paho's sends are collected and leave in
+    one `send` with the seam's.
+
+    Args:
+        sock: the connected socket (plain or TLS).
+        settle: claims a PUBACK by (packet identifier, reason code); None passes all on.
+        stalled: called when a send outside a burst left bytes behind, to flush them later.
     """
 
-    __slots__ = ("_buffer", "_gathering", "_sock", "_unsent")
+    __slots__ = ("_buffer", "_gathering", "_held", "_settle", "_sock", "_stalled", "_unsent")
 
     CHUNK = 65536
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(
+        self,
+        sock: Any,
+        settle: Callable[[int, int], bool] | None = None,
+        stalled: Callable[[], None] | None = None,
+    ) -> None:
         self._sock = sock
+        self._settle = settle
+        self._stalled = stalled
         self._buffer = bytearray()
+        self._held = b""
         self._unsent = bytearray()
         self._gathering = False
 
     def recv(self, size: int) -> bytes:
-        """Up to `size` bytes: from the buffer, else one large read of the socket."""
+        """Up to `size` bytes: from the buffer, else one large read of the socket.
+
+        Raises:
+            BlockingIOError: nothing for paho now (also when all that came were PUBACKs
+                of the seam's, or the start of a packet).
+            wire.MalformedPacket: the broker's bytes are not MQTT.
+        """
         buffer = self._buffer
         if not buffer:
-            data = self._sock.recv(self.CHUNK)
+            data: bytes = self._sock.recv(self.CHUNK)
+            if not data:
+                return data
+            if self._settle is not None:
+                data, self._held = split_pubacks(self._held + data, self._settle)
+                if not data:
+                    raise BlockingIOError
             if len(data) <= size:
-                return bytes(data)
+                return data
             buffer += data
         out = bytes(buffer[:size])
         del buffer[:size]
@@ -196,12 +286,23 @@ class BrokerSocket:
         return len(self._buffer) + (inner() if inner is not None else 0)
 
     def send(self, data: bytes | bytearray) -> int:
-        """Collected while gathering, or behind bytes still unsent; else straight out."""
+        """Takes all of `data`: collected while gathering or behind bytes still unsent."""
         if self._gathering or self._unsent:
             self._unsent += data
             return len(data)
-        sent: int = self._sock.send(data)
-        return sent
+        try:
+            sent: int = self._sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        if sent < len(data):
+            self._unsent += data[sent:]
+            if self._stalled is not None:
+                self._stalled()
+        return len(data)
+
+    def queue(self, packet: bytes) -> None:
+        """Queue a packet of the seam's own; it leaves at the next `flush()`."""
+        self._unsent += packet
 
     def gather(self) -> None:
         """Collect paho's sends until `flush()`."""
@@ -218,7 +319,7 @@ class BrokerSocket:
         while unsent:
             try:
                 sent = self._sock.send(unsent)
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 return False
             del unsent[:sent]
         return True
@@ -252,17 +353,6 @@ def _write(
         loop.add_writer(sock.fileno(), again, c)
     elif not c.want_write():  # paho is done with the writer; so are we
         loop.remove_writer(sock.fileno())
-
-
-def _wrap_socket(inner: Callable[..., None]) -> Callable[..., None]:
-    """Wrap paho's socket as it opens; aiomqtt's hook still sees the socket itself."""
-
-    def opened(c: paho.Client, userdata: Any, sock: Any) -> None:
-        if c._sock is sock:  # noqa: SLF001 - this module is the seam
-            c._sock = BrokerSocket(sock)  # noqa: SLF001
-        inner(c, userdata, sock)
-
-    return opened
 
 
 def reason_name(code: int) -> str:

@@ -103,7 +103,7 @@ class Outbox:
         self._disk_free = disk_free
         self._clock = clock
         self._seq = 0
-        # Appended, not yet in a commit, by id: (record, loop time of the append).
+        # Appended, not yet in a commit, by id: (record, monotonic time of the append).
         self._pending: dict[int, tuple[Record, float]] = {}
         self._next_id = tables.last_id + 1
         self._waiters: list[asyncio.Future[None]] = []
@@ -189,7 +189,7 @@ class Outbox:
         record_id = f"{self._tables.boot}-{self._seq}"
         record = Record(self._next_id, record_id, device, kind, payload, self._clock())
         self._next_id += 1
-        self._pending[record.id] = (record, asyncio.get_running_loop().time())
+        self._pending[record.id] = (record, time.monotonic())
         self._tail.add((record,))
         if done is not None:
             self._waiters.append(done)
@@ -347,7 +347,7 @@ class Outbox:
             self._pending_bytes = 0
             self._hurry.clear()
             return due
-        cutoff = asyncio.get_running_loop().time() - self._hold_s
+        cutoff = time.monotonic() - self._hold_s
         due = []
         for record, at in pending.values():
             if at > cutoff:

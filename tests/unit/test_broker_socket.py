@@ -95,3 +95,59 @@ def test_a_broken_connection_surfaces_at_the_flush(pair):
     wrapped.send(b"x" * 100)
     with pytest.raises(BrokenPipeError):
         wrapped.flush()
+
+
+def ours(*mids: int):
+    """A settle hook that claims the given packet identifiers; records what it settled."""
+    settled: list[tuple[int, int]] = []
+
+    def settle(mid: int, code: int) -> bool:
+        if mid in mids:
+            settled.append((mid, code))
+            return True
+        return False
+
+    return settle, settled
+
+
+def test_pubacks_of_the_seam_never_reach_paho(pair):
+    sock, theirs = pair
+    settle, settled = ours(1, 2)
+    wrapped = BrokerSocket(sock, settle)
+    theirs.sendall(PUBACK + b"\x40\x03\x00\x02\x87")
+    with pytest.raises(BlockingIOError):
+        wrapped.recv(1)  # all of it was the seam's: nothing for paho
+    assert settled == [(1, 0), (2, 0x87)]
+    theirs.sendall(b"\x40\x02\x01\xf4" + b"\xd0\x00")  # paho's PUBACK, a PINGRESP
+    assert wrapped.recv(100) == b"\x40\x02\x01\xf4\xd0\x00"
+
+
+def test_a_packet_split_across_reads_reaches_paho_whole_once_complete(pair):
+    sock, theirs = pair
+    settle, settled = ours(1)
+    wrapped = BrokerSocket(sock, settle)
+    theirs.sendall(b"\x90\x03\x00")  # the start of a SUBACK
+    with pytest.raises(BlockingIOError):
+        wrapped.recv(1)
+    theirs.sendall(b"\x05\x01" + PUBACK[:3])
+    assert wrapped.recv(100) == b"\x90\x03\x00\x05\x01"
+    theirs.sendall(PUBACK[3:])
+    with pytest.raises(BlockingIOError):
+        wrapped.recv(1)
+    assert settled == [(1, 0)]
+
+
+def test_a_send_the_socket_cannot_take_whole_is_kept_and_the_owner_told(pair):
+    sock, theirs = pair
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stalls: list[bool] = []
+    wrapped = BrokerSocket(sock, stalled=lambda: stalls.append(True))
+    burst = bytes(range(256)) * 4096
+    assert wrapped.send(burst) == len(burst)  # paho never holds part of a packet
+    assert stalls == [True]
+    wrapped.queue(b"ours")  # a packet of the seam's goes behind it, never inside it
+    received = bytearray()
+    while not wrapped.flush():
+        received += drain(theirs)
+    received += drain(theirs)
+    assert bytes(received) == burst + b"ours"
