@@ -1,3 +1,4 @@
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -24,6 +25,9 @@ def test_to_raw_undoes_normalise(raw, scale, offset):
     assert to_raw(point, value) == pytest.approx(raw)
 
 
-def test_nan_is_bad_quality_and_text_passes_unchanged():
-    assert normalise("c", "d", PointConfig(), Sample("v", float("nan"), NOW)).quality is Quality.BAD
+def test_nan_and_infinity_are_bad_quality_and_text_passes_unchanged():
+    for value in (math.nan, math.inf, -math.inf):
+        reading = normalise("c", "d", PointConfig(), Sample("v", value, NOW))
+        assert reading.quality is Quality.BAD, value
+    assert normalise("c", "d", PointConfig(), Sample("v", 1e308, NOW)).quality is Quality.GOOD
     assert normalise("c", "d", PointConfig(scale=2), Sample("v", "on", NOW)).value == "on"

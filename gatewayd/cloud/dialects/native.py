@@ -87,7 +87,7 @@ def parse_topic(name: str) -> tuple[str, str]:
 
 def encode_json(body: Mapping[str, Any]) -> bytes:
     """Compact JSON, the wire form of every payload."""
-    return json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+    return _ENCODER.encode(body).encode()
 
 
 def iso_timestamp(at: datetime) -> str:
@@ -306,3 +306,7 @@ def _json_default(value: Any) -> Any:
         return iso_timestamp(value)
     msg = f"cannot encode {type(value).__name__} as JSON"
     raise TypeError(msg)
+
+
+# One encoder for every payload: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
