@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gatewayd.cloud.wire import publish_qos1, split_pubacks, topic_field
+from gatewayd.cloud.wire import PubackFilter, publish_qos1, topic_field
 from gatewayd.errors import UplinkUnavailable
 
 __all__ = ["BrokerSocket", "ConnAck", "PublishSeam", "reason_name"]
@@ -223,7 +223,7 @@ class BrokerSocket:
     paho reads every packet with at least three `recv` calls (the type byte, each length
     byte, the body) plus one that fails with EAGAIN, and writes every packet with its own
     `send`. Here one `recv` takes what the kernel has; the PUBACKs that `settle` claims are
-    taken out of it (see `wire.split_pubacks`), the rest is served to paho's small reads from
+    taken out of it (see `wire.PubackFilter`), the rest is served to paho's small reads from
     memory, and `pending()` makes the reader callback (aiomqtt's, written for TLS sockets that
     buffer the same way) call paho again while bytes are left.
 
@@ -238,7 +238,7 @@ class BrokerSocket:
         stalled: called when a send outside a burst left bytes behind, to flush them later.
     """
 
-    __slots__ = ("_buffer", "_gathering", "_held", "_settle", "_sock", "_stalled", "_unsent")
+    __slots__ = ("_buffer", "_filter", "_gathering", "_sock", "_stalled", "_unsent")
 
     CHUNK = 65536
 
@@ -249,10 +249,9 @@ class BrokerSocket:
         stalled: Callable[[], None] | None = None,
     ) -> None:
         self._sock = sock
-        self._settle = settle
+        self._filter = PubackFilter(settle) if settle is not None else None
         self._stalled = stalled
         self._buffer = bytearray()
-        self._held = b""
         self._unsent = bytearray()
         self._gathering = False
 
@@ -269,8 +268,8 @@ class BrokerSocket:
             data: bytes = self._sock.recv(self.CHUNK)
             if not data:
                 return data
-            if self._settle is not None:
-                data, self._held = split_pubacks(self._held + data, self._settle)
+            if self._filter is not None:
+                data = self._filter.feed(data)
                 if not data:
                     raise BlockingIOError
             if len(data) <= size:

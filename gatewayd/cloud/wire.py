@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["MalformedPacket", "encode_length", "publish_qos1", "split_pubacks", "topic_field"]
+__all__ = ["MalformedPacket", "PubackFilter", "encode_length", "publish_qos1", "topic_field"]
 
 PUBACK = 0x40
 PUBLISH_QOS1 = 0x32  # PUBLISH, QoS 1, not DUP, not RETAIN
 
 MAX_LENGTH = 268_435_455  # the largest Remaining Length four bytes can say
+# A PUBACK is an identifier, a reason code and perhaps a reason string; one claiming more
+# is left to paho rather than held in memory until it is complete.
+MAX_PUBACK = 65_536
 
 
 class MalformedPacket(OSError):
@@ -76,50 +79,71 @@ def publish_qos1(topic: bytes, mid: int, properties: bytes | None, payload: byte
     )
 
 
-def split_pubacks(data: bytes, settle: Callable[[int, int], bool]) -> tuple[bytes, bytes]:
-    """Take the PUBACKs that `settle` claims out of a stream of packets from the broker.
+class PubackFilter:
+    """Takes the PUBACKs that `settle` claims out of the stream of packets from the broker.
+
+    Stateful across reads: a packet cut by a read is continued by the next. Other packets
+    pass on as their bytes come, so a large downlink is never held back or copied whole; only
+    the header of a packet and a whole PUBACK wait for their last byte.
 
     Args:
-        data: bytes as read, starting at a packet boundary.
         settle: called with (packet identifier, reason code) for each PUBACK; returns
             whether the PUBACK was one of ours (then it is removed from the stream).
-
-    Returns:
-        (the complete packets left, in order; the bytes of an incomplete last packet).
-
-    Raises:
-        MalformedPacket: a Remaining Length longer than four bytes.
     """
-    kept: list[bytes] = []
-    size = len(data)
-    start = 0  # first byte not yet copied to `kept` nor dropped
-    at = 0
-    while at < size:
-        # Remaining Length: one to four bytes after the packet type.
-        length, shift, pos, whole = 0, 0, at + 1, False
-        while pos < size:
-            byte = data[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                whole = True
+
+    __slots__ = ("_held", "_passing", "_settle")
+
+    def __init__(self, settle: Callable[[int, int], bool]) -> None:
+        self._settle = settle
+        self._held = b""  # the start of a packet header, or of a PUBACK
+        self._passing = 0  # bytes still to come of a packet that passes on
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes of `data` for paho, in order.
+
+        Raises:
+            MalformedPacket: a Remaining Length longer than four bytes.
+        """
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        size = len(data)
+        at = min(self._passing, size)  # the rest of a packet already passing on
+        self._passing -= at
+        kept: list[bytes] = []
+        start = 0  # first byte not yet kept nor dropped
+        while at < size:
+            # Remaining Length: one to four bytes after the packet type.
+            length, shift, pos, whole = 0, 0, at + 1, False
+            while pos < size:
+                byte = data[pos]
+                pos += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    whole = True
+                    break
+                shift += 7
+                if shift > 21:
+                    msg = "broker sent a Remaining Length over four bytes"
+                    raise MalformedPacket(msg)
+            end = pos + length
+            ours = data[at] == PUBACK and 2 <= length <= MAX_PUBACK
+            if not whole or (ours and end > size):
+                self._held = data[at:]
                 break
-            shift += 7
-            if shift > 21:
-                msg = "broker sent a Remaining Length over four bytes"
-                raise MalformedPacket(msg)
-        if not whole:
-            break
-        end = pos + length
-        if end > size:
-            break
-        if data[at] == PUBACK and length >= 2:
-            mid = (data[pos] << 8) | data[pos + 1]
-            code = data[pos + 2] if length >= 3 else 0
-            if settle(mid, code):
+            if end > size:
+                self._passing = end - size
+                at = size
+                break
+            if ours and self._settle((data[pos] << 8) | data[pos + 1], _reason(data, pos, length)):
                 if at > start:
                     kept.append(data[start:at])
                 start = end
-        at = end
-    kept.append(data[start:at])
-    return b"".join(kept), data[at:]
+            at = end
+        kept.append(data[start:at])
+        return b"".join(kept)
+
+
+def _reason(data: bytes, pos: int, length: int) -> int:
+    """A PUBACK's reason code; absent (MQTT 3.1.1, or MQTT 5 success) means 0."""
+    return data[pos + 2] if length >= 3 else 0

@@ -122,18 +122,20 @@ def test_pubacks_of_the_seam_never_reach_paho(pair):
     assert wrapped.recv(100) == b"\x40\x02\x01\xf4\xd0\x00"
 
 
-def test_a_packet_split_across_reads_reaches_paho_whole_once_complete(pair):
+def test_packets_split_across_reads_reach_paho_in_order(pair):
     sock, theirs = pair
     settle, settled = ours(1)
     wrapped = BrokerSocket(sock, settle)
-    theirs.sendall(b"\x90\x03\x00")  # the start of a SUBACK
+    theirs.sendall(b"\x90")  # the type byte of a SUBACK, not yet its length
     with pytest.raises(BlockingIOError):
         wrapped.recv(1)
-    theirs.sendall(b"\x05\x01" + PUBACK[:3])
-    assert wrapped.recv(100) == b"\x90\x03\x00\x05\x01"
+    theirs.sendall(b"\x03\x00\x05")
+    assert wrapped.recv(100) == b"\x90\x03\x00\x05"  # passes on as it comes
+    theirs.sendall(b"\x01" + PUBACK[:3])
+    assert wrapped.recv(100) == b"\x01"
     theirs.sendall(PUBACK[3:])
     with pytest.raises(BlockingIOError):
-        wrapped.recv(1)
+        wrapped.recv(1)  # the PUBACK, once whole, was the seam's
     assert settled == [(1, 0)]
 
 

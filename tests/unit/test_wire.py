@@ -9,9 +9,9 @@ from paho.mqtt.properties import Properties
 
 from gatewayd.cloud.wire import (
     MalformedPacket,
+    PubackFilter,
     encode_length,
     publish_qos1,
-    split_pubacks,
     topic_field,
 )
 
@@ -107,22 +107,37 @@ STREAM = (
 
 def test_our_pubacks_are_taken_out_and_everything_else_stays_in_order():
     claims = Claims(1, 2, 3)
-    left, held = split_pubacks(STREAM, claims)
+    assert PubackFilter(claims).feed(STREAM) == DOWNLINK + puback(500) + SUBACK
     assert claims.settled == [(1, 0), (2, 0x87), (3, 0x10)]
-    assert left == DOWNLINK + puback(500) + SUBACK
-    assert held == b""
 
 
 def test_a_stream_cut_anywhere_gives_the_same_packets():
     for cut in range(1, len(STREAM)):
         claims = Claims(1, 2, 3)
-        first, held = split_pubacks(STREAM[:cut], claims)
-        second, rest = split_pubacks(held + STREAM[cut:], claims)
-        assert first + second == DOWNLINK + puback(500) + SUBACK, cut
-        assert rest == b""
+        split = PubackFilter(claims)
+        assert split.feed(STREAM[:cut]) + split.feed(STREAM[cut:]) == (
+            DOWNLINK + puback(500) + SUBACK
+        ), cut
         assert claims.settled == [(1, 0), (2, 0x87), (3, 0x10)], cut
+
+
+def test_a_stream_read_byte_by_byte_gives_the_same_packets():
+    claims = Claims(1, 2, 3)
+    split = PubackFilter(claims)
+    assert b"".join(split.feed(STREAM[i : i + 1]) for i in range(len(STREAM))) == (
+        DOWNLINK + puback(500) + SUBACK
+    )
+    assert claims.settled == [(1, 0), (2, 0x87), (3, 0x10)]
+
+
+def test_a_large_downlink_passes_on_as_it_comes_not_once_complete():
+    big = publish_qos1(topic_field("v1/device/gw/config"), 4, b"\x00", b"x" * 1_000_000)
+    split = PubackFilter(Claims(1))
+    first = split.feed(big[:70_000])
+    assert first == big[:70_000]  # nothing held back past the header
+    assert split.feed(big[70_000:] + puback(1)) == big[70_000:]
 
 
 def test_a_remaining_length_over_four_bytes_is_malformed():
     with pytest.raises(MalformedPacket, match="Remaining Length"):
-        split_pubacks(b"\x30\xff\xff\xff\xff\x01", Claims())
+        PubackFilter(Claims()).feed(b"\x30\xff\xff\xff\xff\x01")
