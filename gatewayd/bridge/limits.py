@@ -18,7 +18,9 @@ class RunnerLimits:
     after `breaker_failures` failed jobs in a row only one probe per breaker pause.
 
     Args:
-        queue_size: most jobs waiting; more fail fast instead of piling up.
+        queue_size: most writes and on-demand reads waiting; more fail fast instead of
+            piling up. Polls do not count: there is never more than one per device and
+            interval waiting.
         request_gap_s: pause between two requests on the resource (bus turnaround).
         breaker_failures: consecutive failures before a device is skipped for a while.
         breaker: how long a tripped device is skipped, growing while it stays dead.
