@@ -224,7 +224,8 @@ class ConnectionRunner:
             item = await agenda.next()
             if isinstance(item, Poll):
                 state = self._state[item.job.device.id]
-                if not state.breaker.allows(loop.time()):
+                # Judged at the tick's time: the agenda may hand a poll out a clock tick early.
+                if not state.breaker.allows(item.due):
                     item.resume_at(state.breaker.open_until)
                     agenda.schedule(item)
                     continue

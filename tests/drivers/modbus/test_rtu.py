@@ -84,6 +84,9 @@ async def test_dead_unit_on_a_shared_bus_costs_bounded_time(tmp_path):
                 await asyncio.sleep(window)  # the measurement window itself
                 end = time.monotonic()
                 dead_requests = req.count(5) - dead_before
+                # The breaker never gives up: a probe follows the pause (4 s at most here).
+                probed = req.count(5)
+                await async_wait_for(lambda: req.count(5) > probed, 6, "a probe after the pause")
     assert ("c", "u5") in sink.devices
     assert sink.devices[("c", "u5")][0] is Availability.OFFLINE
     expected = window / interval
