@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 import pytest
 
 from gatewayd.cloud.puback import BrokerSocket
+from tests.mqtt_broker import make_tls
 
 PUBACK = b"\x40\x02\x00\x01"
 
@@ -153,3 +155,52 @@ def test_a_send_the_socket_cannot_take_whole_is_kept_and_the_owner_told(pair):
         received += drain(theirs)
     received += drain(theirs)
     assert bytes(received) == burst + b"ours"
+
+
+def _tls_pair(tmp_path) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """A TLS connection over a socket pair, both ends non-blocking, handshake done."""
+    files = make_tls(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(files.server_cert, files.server_key)
+    client_ctx = ssl.create_default_context(cafile=str(files.ca))
+    a, b = socket.socketpair()
+    for end in (a, b):
+        end.setblocking(False)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client = client_ctx.wrap_socket(a, server_hostname="localhost", do_handshake_on_connect=False)
+    server = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
+    pending = [client, server]
+    while pending:
+        pending = [end for end in pending if not _handshake_step(end)]
+    return client, server
+
+
+def _handshake_step(end: ssl.SSLSocket) -> bool:
+    """One try at the handshake; whether it is done."""
+    try:
+        end.do_handshake()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False
+    return True
+
+
+def test_a_full_tls_socket_means_later_not_a_broken_link(tmp_path):
+    client, server = _tls_pair(tmp_path)
+    try:
+        wrapped = BrokerSocket(client)
+        burst = bytes(range(256)) * 16384  # 4 MiB of records
+        wrapped.gather()
+        wrapped.send(burst)
+        assert not wrapped.flush()  # TLS says "want write": the rest waits, nothing raised
+        received = bytearray()
+        while len(received) < len(burst):
+            wrapped.flush()
+            try:
+                received += server.recv(1 << 16)
+            except ssl.SSLWantReadError:
+                continue
+        assert wrapped.flush()
+        assert bytes(received) == burst
+    finally:
+        client.close()
+        server.close()
