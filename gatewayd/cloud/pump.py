@@ -123,7 +123,11 @@ class Pump:
                 record.id, 0x95, f"{len(payload)} bytes exceed the broker's maximum packet size"
             )
             return False
-        future = seam.publish(topic, payload, properties)
+        try:
+            future = seam.publish(topic, payload, properties)
+        except ValueError as exc:  # no topic can carry it (a record from an older store)
+            self._outbox.dead_letter(record.id, None, str(exc))
+            return False
         self._in_flight[record.id] = record
         self.sent += 1
         future.add_done_callback(lambda f: self._settled(record, slots, f))

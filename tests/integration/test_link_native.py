@@ -134,6 +134,20 @@ async def test_oversized_record_is_dead_lettered_before_it_breaks_the_link(tmp_p
             assert gw.uplink.connects == 1
 
 
+async def test_a_record_no_topic_can_carry_is_dead_lettered_and_the_link_stays(tmp_path, broker):
+    settings = settings_for(tmp_path, broker.port, ["a"])
+    async with RefCloud(broker.port).running() as cloud, running_gateway(settings) as gw:
+        await until(lambda: gw.uplink.connects == 1)
+        await gw.outbox.append("memory+a", "telemetry", b'{"telemetries":{}}')
+        await gw.sink.readings("sim", "a", [reading("a", 7)])
+        await cloud.wait(lambda: len(cloud.telemetry()) == 1)
+        await until(lambda: gw.outbox.depth == 0)
+        dead = await gw.outbox.dead_letters()
+        assert [(d.device, d.reason_code) for d in dead] == [("memory+a", None)]
+        assert "not a valid topic name" in dead[0].reason
+        assert gw.uplink.connects == 1
+
+
 async def test_config_versions_commands_and_snapshot(tmp_path, broker):
     settings = settings_for(tmp_path, broker.port, ["a"])
     cloud = RefCloud(broker.port)
