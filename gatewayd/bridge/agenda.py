@@ -39,15 +39,17 @@ class Poll:
     Args:
         job: what each poll runs (the same job every time).
         interval_s: time between ticks.
-        first_step_s: time from the first tick, at once, to the second; spreads many
-            devices with one interval over it, so they do not all fall due together.
+        next_step_s: time from the current tick to the next. The first poll goes out at
+            once and the step after it is a phase within the interval, spreading many
+            devices with one interval over it so they do not all fall due together; from
+            then on the step is the interval.
+        due: the current tick.
     """
 
     job: Job
     interval_s: float
-    first_step_s: float
+    next_step_s: float
     due: float = 0.0
-    ticks: int = 0
 
     def after_run(self, now: float, *, catch_up: bool) -> int:
         """Move to the next tick after a run; returns the ticks skipped on the way.
@@ -55,26 +57,23 @@ class Poll:
         One tick that passed during the run is kept, to run at once, when `catch_up`;
         the others are skipped.
         """
-        step = self.first_step_s if self.ticks == 0 else self.interval_s
-        self.ticks += 1
-        self.due += step
+        self._step()
         if self.due > now:
             return 0
         passed = math.floor((now - self.due) / self.interval_s) + 1
-        kept = 1 if catch_up else 0
-        self.due += (passed - kept) * self.interval_s
-        self.ticks += passed - kept
-        return passed - kept
+        skipped = passed - 1 if catch_up else passed
+        self.due += skipped * self.interval_s
+        return skipped
 
     def resume_at(self, when: float) -> None:
         """Skip, uncounted, to the first tick at or after `when` (a device that is resting)."""
-        step = self.first_step_s if self.ticks == 0 else self.interval_s
-        self.ticks += 1
-        self.due += step
+        self._step()
         if self.due < when:
-            behind = math.ceil((when - self.due) / self.interval_s)
-            self.due += behind * self.interval_s
-            self.ticks += behind
+            self.due += math.ceil((when - self.due) / self.interval_s) * self.interval_s
+
+    def _step(self) -> None:
+        self.due += self.next_step_s
+        self.next_step_s = self.interval_s
 
 
 class Agenda:

@@ -15,8 +15,8 @@ def job(priority: Priority, name: str = "d") -> Job:
     return Job(priority, DeviceConfig(id=name), [])
 
 
-def poll(due: float, *, interval_s: float = 0.1, first_step_s: float = 0.05) -> Poll:
-    return Poll(job(Priority.POLL), interval_s, first_step_s, due=due)
+def poll(due: float, *, interval_s: float = 0.1, phase_s: float = 0.05) -> Poll:
+    return Poll(job(Priority.POLL), interval_s, phase_s, due=due)
 
 
 def test_a_poll_on_time_moves_one_step_and_the_first_step_is_the_phase():
