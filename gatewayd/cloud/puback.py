@@ -65,6 +65,8 @@ class PublishSeam:
         self._futures: dict[int, asyncio.Future[int]] = {}
         self._topics: dict[str, bytes] = {}
         self._flush_due = False
+        # MQTT 5 PUBLISH packets carry a property field even when it is empty; 3.1.1 ones none.
+        self._no_properties = b"\x00" if self._paho.protocol == paho.MQTTv5 else None
         self.connack = ConnAck()
         inner_connect = cast("Callable[..., None] | None", self._paho.on_connect)
 
@@ -124,7 +126,7 @@ class PublishSeam:
         if properties is not None:
             props: bytes | None = properties.pack()  # type: ignore[no-untyped-call]
         else:
-            props = b"\x00" if client.protocol == paho.MQTTv5 else None
+            props = self._no_properties
         sock.queue(publish_qos1(field, mid, props, payload))
         future: asyncio.Future[int] = self._loop.create_future()
         futures[mid] = future
