@@ -36,6 +36,7 @@ class Component:
     state: State = State.STARTING
     detail: str = ""
     since: float = field(default_factory=time.time)
+    problems: dict[str, str] = field(default_factory=dict)
 
     def up(self, detail: str = "") -> None:
         """Mark it working; logs once on recovery."""
@@ -55,6 +56,23 @@ class Component:
         """Mark it broken."""
         log.error("%s failed: %s", self.name, reason)
         self._set(State.FAILED, reason)
+
+    def degrade(self, key: str, reason: str) -> None:
+        """Note a problem that leaves the component working but the daemon degraded.
+
+        A full disk or a salvaged outbox is not a component that is down: the API, the link
+        and the field go on, yet an operator must be told. Each problem has a key, so the
+        component can hold several and clear them one by one; a new reason for the same key
+        replaces the old one and is logged only when the key was clear.
+        """
+        if key not in self.problems:
+            log.warning("%s degraded: %s", self.name, reason)
+        self.problems[key] = reason
+
+    def clear(self, key: str) -> None:
+        """The problem `key` is over; logs once."""
+        if self.problems.pop(key, None) is not None:
+            log.info("%s: %s cleared", self.name, key)
 
     def stopped(self) -> None:
         """Mark it stopped on purpose."""
@@ -87,9 +105,19 @@ class Health:
         """No critical component has failed."""
         return not any(c.critical and c.state is State.FAILED for c in self._components.values())
 
+    def problems(self) -> list[str]:
+        """Every open problem as `component: reason`, by component name."""
+        return [
+            f"{c.name}: {reason}"
+            for c in self.components()
+            for _, reason in sorted(c.problems.items())
+        ]
+
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
         counts: dict[State, int] = {}
         for c in self._components.values():
             counts[c.state] = counts.get(c.state, 0) + 1
-        return ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items()))
+        text = ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items()))
+        problems = self.problems()
+        return f"{text}; degraded: {'; '.join(problems)}" if problems else text

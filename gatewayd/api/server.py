@@ -12,7 +12,7 @@ from gatewayd import __version__
 from gatewayd.api.auth import TokenAuth, auth_middleware
 from gatewayd.api.errors import error_middleware
 from gatewayd.api.openapi import API_DOC_KEY, ApiDoc, Operation, add_route
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ListenFailed
 from gatewayd.health import Component, Health, State
 from gatewayd.settings import ApiConfig
 
@@ -51,7 +51,14 @@ _HEALTHZ = Operation(
     scope="public",
     tag="operations",
     responses={200: "alive", 503: "a critical component failed"},
-    reply={"type": "object", "required": ["status", "live", "ready", "components"]},
+    reply={
+        "type": "object",
+        "required": ["status", "live", "ready", "problems", "components"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
+    },
 )
 _OPENAPI = Operation(
     summary="This document",
@@ -69,15 +76,23 @@ async def _openapi(request: web.Request) -> web.Response:
 async def _healthz(request: web.Request) -> web.Response:
     health = request.app[HEALTH_KEY]
     components = {
-        c.name: {"state": c.state.value, "detail": c.detail, "since": c.since}
+        c.name: {
+            "state": c.state.value,
+            "detail": c.detail,
+            "since": c.since,
+            "problems": dict(c.problems),
+        }
         for c in health.components()
     }
     live = health.critical_ok()
     ready = live and all(c.state is State.UP for c in health.components() if c.critical)
+    problems = health.problems()
+    status = "failed" if not live else "degraded" if problems else "ok"
     body = {
-        "status": "ok" if live else "failed",
+        "status": status,
         "live": live,
         "ready": ready,
+        "problems": problems,
         "components": components,
     }
     return web.json_response(body, status=200 if live else 503)
@@ -114,7 +129,7 @@ class ApiServer:
                 await site.start()
             except OSError as exc:
                 msg = f"api: cannot listen on {self._config.host}:{self._config.port}: {exc}"
-                raise ConfigError(msg) from exc
+                raise ListenFailed(msg) from exc
             self.port = _bound_port(runner)
             self._component.up(f"http://{self._config.host}:{self.port}")
             log.info("local API on http://%s:%s", self._config.host, self.port)
