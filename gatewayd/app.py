@@ -91,6 +91,11 @@ class App:
         """MQTT sessions established so far (None without a cloud link), for /metrics."""
         return self.uplink.connects if self.uplink is not None else None
 
+    @property
+    def downlinks(self) -> dict[str, int] | None:
+        """Downlinks handled so far by result (None without a cloud link), for /metrics."""
+        return self.uplink.downlinks if self.uplink is not None else None
+
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler)."""
         self.stop_requested.set()

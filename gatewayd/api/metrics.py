@@ -6,7 +6,7 @@ device) and the uplink's connects. Values are read when scraped; nothing is kept
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
@@ -70,6 +70,11 @@ async def render(health: Health, outbox: Outbox, uplink: object = None) -> str:
     if isinstance(connects, int):
         _family(lines, "gatewayd_uplink_connects_total", "counter",
                 "MQTT sessions established", [("", connects)])  # fmt: skip
+    downlinks = getattr(uplink, "downlinks", None)
+    if isinstance(downlinks, Mapping):
+        _family(lines, "gatewayd_downlinks_total", "counter",
+                "downlinks received, by result: ok, invalid (refused by validation), failed",
+                ((f'result="{_esc(str(r))}"', n) for r, n in downlinks.items()))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

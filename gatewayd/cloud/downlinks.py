@@ -2,14 +2,21 @@
 
 Desired config, licenses, space info and firmware info are stored per device; commands are
 claimed by id (a redelivered id is never executed again) and answered on `commands/update`
-through the outbox; children responses update the children's registration state. A malformed
-downlink is logged and dropped: it never ends the link.
+through the outbox; children responses update the children's registration state.
+
+A downlink comes from the network: whatever its topic, size, nesting or encoding, handling it
+is that one message's business. A malformed one is `invalid`; anything else that goes wrong
+while it is applied (a storage error, a bug) is `failed`. Either is logged with its topic and
+size (a bounded number of lines per minute, so a flood cannot fill the journal), counted in
+`counts` for /metrics, and dropped; it never ends the link. Only cancellation goes through.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gatewayd.cloud.children import Child, ChildrenSource
@@ -17,9 +24,20 @@ from gatewayd.cloud.dialects import native
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, OutboxFull
 
-__all__ = ["ADDED_BY_CLOUD", "BuiltinCommands", "CommandExecutor", "DesiredConfig", "Downlinks"]
+__all__ = [
+    "ADDED_BY_CLOUD",
+    "RESULTS",
+    "BuiltinCommands",
+    "CommandExecutor",
+    "DesiredConfig",
+    "Downlinks",
+    "LogBudget",
+]
 
 ADDED_BY_CLOUD = "by the cloud"  # reason of children the cloud added or deleted itself
+RESULTS = ("ok", "invalid", "failed")  # the outcomes `Downlinks.counts` counts
+_STORAGE_ERRORS = (sqlite3.Error, OutboxFull, OSError)  # weather of the disk, not bugs
+LOG_LINES_PER_MINUTE = 20  # lines about dropped downlinks; the rest are counted, then summed up
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +69,50 @@ class BuiltinCommands:
         return "error", f"command {name!r} is not supported by {device_id}"
 
 
+class LogBudget:
+    """At most `lines` log lines per `window_s`.
+
+    What it refuses is counted and reported once the next window opens, so the journal shows
+    that a flood happened without holding it.
+
+    Args:
+        lines: lines allowed per window.
+        window_s: the window.
+        clock: monotonic time, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        lines: int = LOG_LINES_PER_MINUTE,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lines = lines
+        self._window_s = window_s
+        self._clock = clock
+        self._start = clock()
+        self._used = 0
+        self.suppressed = 0  # in the current window
+
+    def allow(self) -> bool:
+        """Whether one more line may be logged now."""
+        now = self._clock()
+        if now - self._start >= self._window_s:
+            if self.suppressed:
+                log.warning(
+                    "%d log lines about downlinks left out in the last %.0f s "
+                    "(gatewayd_downlinks_total in /metrics counts every downlink)",
+                    self.suppressed,
+                    now - self._start,
+                )
+            self._start, self._used, self.suppressed = now, 0, 0
+        if self._used < self._lines:
+            self._used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+
 class Downlinks:
     """Handles downlinks for the gateway and its children.
 
@@ -78,14 +140,41 @@ class Downlinks:
         self._outbox = outbox
         self._children = children
         self._executor = executor
+        self.counts = dict.fromkeys(RESULTS, 0)  # downlinks handled, by result
+        self.log_budget = LogBudget()
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        """Validate and apply one downlink; a malformed one is logged and dropped."""
+        """Validate and apply one downlink; never raises but for cancellation.
+
+        A malformed downlink is counted `invalid`, one whose handling failed is `failed`;
+        both are logged (within the log budget) and dropped.
+        """
         try:
-            message = native.decode(topic, payload)
+            await self._apply(native.decode(topic, payload))
         except native.DownlinkInvalid as exc:
-            log.warning("dropped a malformed downlink: %s", exc)
-            return
+            self.counts["invalid"] += 1
+            if log.isEnabledFor(logging.WARNING) and self.log_budget.allow():
+                log.warning(
+                    "dropped a malformed downlink on %s (%d bytes): %s",
+                    native.shown(topic),
+                    len(payload),
+                    exc,
+                )
+        except Exception as exc:  # storage, executor, a bug: this downlink's failure alone
+            self.counts["failed"] += 1
+            if self.log_budget.allow():
+                log.error(  # noqa: TRY400 - a traceback only where it points at a bug
+                    "downlink on %s (%d bytes) failed, dropped: %s: %s",
+                    native.shown(topic),
+                    len(payload),
+                    type(exc).__name__,
+                    exc,
+                    exc_info=None if isinstance(exc, _STORAGE_ERRORS) else exc,
+                )
+        else:
+            self.counts["ok"] += 1
+
+    async def _apply(self, message: native.Downlink) -> None:
         body = message.body
         device = message.device_id
         if isinstance(body, native.ConfigDown):
@@ -108,22 +197,31 @@ class Downlinks:
         accepted = await self._state.accept_config(
             device, body.version, body.last_updated, body.fields()
         )
+        version = native.shown(body.version)
         if accepted:
-            log.info("%s: desired config version %s stored", device, body.version)
+            self._note(logging.INFO, "%s: desired config version %s stored", device, version)
             if self._desired is not None:
                 await self._desired.apply_config(device, body.fields())
         else:
-            log.info("%s: config version %s ignored (not newer)", device, body.version)
+            self._note(logging.INFO, "%s: config version %s ignored (not newer)", device, version)
 
     async def _command(self, device: str, body: native.CommandDown) -> None:
         if body.status != "pending":
-            log.debug("%s: command %s with status %s ignored", device, body.id, body.status)
+            self._note(logging.DEBUG, "%s: command %r with status %s ignored", device, body.id,
+                       native.shown(body.status))  # fmt: skip
             return
         if not await self._state.claim_command(device, body.id, body.name, body.parameters):
-            log.info("%s: command %s redelivered: not executed again", device, body.id)
+            self._note(logging.INFO, "%s: command %r redelivered: not executed again", device,
+                       body.id)  # fmt: skip
             return
         await self._command_status(device, body.id, "in_progress", "")
-        status, message = await self._executor.execute(device, body.name, body.parameters)
+        try:
+            status, message = await self._executor.execute(device, body.name, body.parameters)
+        except Exception as exc:
+            # Claimed, so never run again: the cloud hears that it failed, then the log does.
+            failure = f"the gateway failed to run it ({type(exc).__name__})"
+            await self._command_status(device, body.id, "error", failure)
+            raise
         await self._command_status(device, body.id, status, message)
 
     async def _command_status(self, device: str, command_id: str, status: str, msg: str) -> None:
@@ -148,10 +246,12 @@ class Downlinks:
         for failed in body.failed_devices:
             device_id = failed.device_id or self._find(failed.node_id, failed.product_id)
             if device_id is None:
-                log.warning("cloud refused an unknown child: %s", failed.model_dump())
+                self._note(logging.WARNING, "cloud refused an unknown child: %s",
+                           native.shown(str(failed.model_dump())))  # fmt: skip
                 continue
             reason = f"{failed.error_code}: {failed.error_msg}".strip(": ")
-            log.warning("cloud refused child %s: %s", device_id, reason)
+            self._note(logging.WARNING, "cloud refused child %s: %s", native.shown(device_id),
+                       native.shown(reason))  # fmt: skip
             await self._state.set_child(device_id, "refused", reason)
 
     async def _notify(self, body: native.ChildrenNotify) -> None:
@@ -159,6 +259,11 @@ class Downlinks:
             state = "registered" if body.event == "add" else "deleted"
             await self._state.set_child(device.device_id, state, ADDED_BY_CLOUD)
         await self._state.set_meta("children_notify_version", str(body.version))
+
+    def _note(self, level: int, msg: str, *args: object) -> None:
+        """A log line about one downlink, within the budget a flood cannot exceed."""
+        if log.isEnabledFor(level) and self.log_budget.allow():
+            log.log(level, msg, *args)
 
     def _find(self, node_id: str | None, product_id: str | None) -> str | None:
         matches: Sequence[Child] = [
@@ -172,4 +277,4 @@ class Downlinks:
         try:
             await self._outbox.append(device, kind, payload)
         except OutboxFull as exc:
-            log.error("%s: %s answer not queued: %s", device, kind, exc)  # noqa: TRY400
+            self._note(logging.ERROR, "%s: %s answer not queued: %s", device, kind, exc)

@@ -132,6 +132,7 @@ class Uplink:
         self._properties: dict[str, Properties] = {}
         self.pump = Pump(outbox, self._encode, TokenBucket(config.rate_limit_msg_s))
         self.connects = 0  # sessions that got as far as subscribing
+        self.downlinks = self._downlinks.counts  # by result: ok, invalid, failed
 
     async def run(self) -> None:
         """Stay connected until cancelled, reconnecting with backoff."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import time
 from datetime import UTC, datetime
 
 import aiomqtt
@@ -49,7 +51,7 @@ def test_subscriptions_cover_every_downlink_of_the_gateway_and_children():
     [
         ("v2/device/a/config", b"{}", "is not under v1/device/"),
         ("v1/device/a/telemetry", b"{}", "unknown device or kind"),
-        ("v1/device/a/config", b"\xff", "not JSON"),
+        ("v1/device/a/config", b"\xff", "not UTF-8: byte 0"),
         ("v1/device/a/config", b"{}", "version: Field required"),
         ("v1/device/a/commands", b'{"id": "", "name": "x"}', "id: String should have at least"),
         ("v1/device/a/firmware", b"[]", "(payload): Input should be a valid dictionary"),
@@ -65,6 +67,94 @@ def test_bad_downlinks_name_the_problem(topic, payload, error):
 def test_any_bytes_either_decode_or_raise_downlink_invalid(payload, kind):
     with contextlib.suppress(native.DownlinkInvalid):
         native.decode(f"v1/device/x/{kind}", payload)
+
+
+HOSTILE = [
+    (b"[" * 100_000 + b"]" * 100_000, "nests 100000 deep, more than 32"),
+    (b'{"a":' * 50_000, "nests 50000 deep"),
+    (b"[" * 33 + b"]" * 33, "nests 33 deep"),
+    (b'{"id": "a", "name": "b", "parameters": ' + b"9" * 5000 + b"}", "integer of 5000 digits"),
+    (b"-" + b"1" * 41, "integer of 41 digits (at most 40)"),
+    (b'{"id": "a", "name": "b", "parameters": 1e999}', "'1e999' is out of range"),
+    (b'{"id": "a", "name": "b", "parameters": NaN}', "NaN is not a JSON number"),
+    (b'{"id": "a", "name": "b", "parameters": -Infinity}', "-Infinity is not a JSON number"),
+    (b'{"id": "\\udc00", "name": "b"}', "lone UTF-16 surrogate"),
+    (b'{"id": "a", "name": "\xed\xa0\x80"}', "not UTF-8: byte 21 (0xed)"),
+    (b"\xef\xbb\xbf{}", "not JSON: Unexpected UTF-8 BOM"),
+    (b" " * (native.MAX_PAYLOAD_BYTES + 1), "262145 bytes is larger than 262144"),
+]
+
+
+@pytest.mark.parametrize(("payload", "error"), HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_payloads_are_refused_under_limits(payload, error):
+    with pytest.raises(native.DownlinkInvalid, match=re.escape(error)):
+        native.decode("v1/device/gw/commands", payload)
+
+
+def test_payloads_at_the_limits_are_accepted():
+    deep = b"[" * (native.MAX_DEPTH - 1) + b"]" * (native.MAX_DEPTH - 1)
+    body = b'{"id": "a", "name": "b", "parameters": ' + deep + b"}"
+    assert native.decode("v1/device/gw/commands", body).body.parameters == json.loads(deep)
+    long_int = b'{"id": "a", "name": "b", "parameters": -' + b"9" * 40 + b"}"
+    assert native.decode("v1/device/gw/commands", long_int).body.parameters == -(10**40 - 1)
+    pad = b" " * (native.MAX_PAYLOAD_BYTES - 30)
+    assert native.decode("v1/device/gw/commands", b'{"id":"a","name":"b"}' + pad).body.id == "a"
+    pair = b'{"id": "\\ud83d\\ude00", "name": "\\\\udc00"}'  # a pair, an escaped backslash
+    decoded = native.decode("v1/device/gw/commands", pair).body
+    assert (decoded.id, decoded.name) == ("\U0001f600", "\\udc00")
+
+
+@pytest.mark.parametrize(
+    ("payload", "depth"),
+    [
+        (b"{}", 1),
+        (b'[1, [2, {"a": [3]}]]', 4),
+        (b'"[[[[" ', 0),
+        (b'["a\\"[[[", 1]', 1),  # an escaped quote does not end the string
+        (b'["a\\\\", [[1]]]', 3),  # an escaped backslash does
+        (b'"unterminated [[[[', 0),
+        (b'"ends in a backslash \\', 0),
+        (b"[" * 5000, 5000),
+    ],
+)
+def test_nesting_depth_skips_strings(payload, depth):
+    assert native.nesting_depth(payload) == depth
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)
+    )
+)
+def test_nesting_depth_matches_the_parsed_structure(value):
+    def depth(v):
+        if isinstance(v, list):
+            return 1 + max(map(depth, v), default=0)
+        if isinstance(v, dict):
+            return 1 + max(map(depth, v.values()), default=0)
+        return 0
+
+    assert native.nesting_depth(json.dumps(value).encode()) == depth(value)
+
+
+def test_a_quadratic_string_scan_is_impossible():
+    started = time.perf_counter()
+    native.nesting_depth(b'"' + b'\\"' * (native.MAX_PAYLOAD_BYTES // 2))  # never terminated
+    native.nesting_depth(b'"a\\' * (native.MAX_PAYLOAD_BYTES // 3))
+    assert time.perf_counter() - started < 1.0
+
+
+def test_long_names_are_cut_in_messages():
+    with pytest.raises(native.DownlinkInvalid) as caught:
+        native.decode("v1/device/" + "x" * 10_000, b"{}")
+    assert len(str(caught.value)) < 300
+    many = json.dumps({"id": "a", "name": "b", "status": [1] * 1000, "x" * 5000: 1}).encode()
+    with pytest.raises(native.DownlinkInvalid, match="status: Input should be a valid string"):
+        native.decode("v1/device/a/commands", many)
+    bad_children = json.dumps({"request_id": "r", "successful_devices": [{}] * 1000}).encode()
+    with pytest.raises(native.DownlinkInvalid, match=r"\(and 997 more\)") as caught:
+        native.decode("v1/device/a/children/add/response", bad_children)
+    assert len(str(caught.value)) < 400
 
 
 def test_config_versions_compare_as_numbers_when_both_are():

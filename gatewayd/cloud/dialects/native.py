@@ -3,23 +3,43 @@
 Pure: topics, payload encoding and downlink validation, no I/O. Records in the outbox carry a
 dialect-neutral `kind` that is also the topic suffix here (`telemetry`, `commands/update`, ...).
 Telemetry carries its record id as the payload field `record_id` (docs/protocol.md).
+
+A downlink comes from the network, so it is decoded under limits before anything trusts it:
+its size, its nesting depth (counted on the bytes before the JSON parser recurses into them),
+the digits of its integers, finite numbers only, and text that SQLite can store (UTF-8, no
+lone surrogate). Whatever the payload, `decode` either returns or raises `DownlinkInvalid`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gatewayd.cloud.children import Child, ChildStatus
 
 __all__ = [
     "DEVICE_DOWNLINKS",
     "GATEWAY_DOWNLINKS",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_PAYLOAD_BYTES",
     "ChildrenAddResponse",
     "ChildrenDeleteResponse",
     "ChildrenNotify",
@@ -38,6 +58,7 @@ __all__ = [
     "encode_json",
     "iso_timestamp",
     "license_update",
+    "nesting_depth",
     "parse_topic",
     "subscriptions",
     "telemetry",
@@ -49,6 +70,11 @@ PREFIX = "v1/device/"
 DEVICE_DOWNLINKS = ("config", "commands", "license", "space_info", "firmware")
 GATEWAY_DOWNLINKS = ("children/add/response", "children/delete/response", "children/notify")
 MAX_CHILDREN_PER_ADD = 50
+MAX_PAYLOAD_BYTES = 256 * 1024  # the largest downlink decoded; a config or license is far less
+MAX_DEPTH = 32  # arrays and objects inside one another; config per service needs 3 or 4
+MAX_INT_DIGITS = 40  # 128-bit integers fit; Python's own bound (4300) is per process
+_SHOWN_CHARS = 120  # of a topic or a field name in an error message
+_SHOWN_PROBLEMS = 3  # validation errors named in one message
 
 
 class DownlinkInvalid(ValueError):
@@ -76,11 +102,11 @@ def parse_topic(name: str) -> tuple[str, str]:
         DownlinkInvalid: not a topic of this dialect.
     """
     if not name.startswith(PREFIX):
-        msg = f"topic {name!r} is not under {PREFIX}"
+        msg = f"topic {shown(name)} is not under {PREFIX}"
         raise DownlinkInvalid(msg)
     device_id, _, kind = name[len(PREFIX) :].partition("/")
     if not device_id or kind not in (*DEVICE_DOWNLINKS, *GATEWAY_DOWNLINKS):
-        msg = f"topic {name!r}: unknown device or kind"
+        msg = f"topic {shown(name)}: unknown device or kind"
         raise DownlinkInvalid(msg)
     return device_id, kind
 
@@ -166,10 +192,28 @@ class ConfigDown(BaseModel):
     version: str = Field(min_length=1)
     last_updated: str | None = None
 
+    _sent_version: int | str = PrivateAttr(default="")
+
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_sent_version(cls, data: Any, handler: ModelWrapValidatorHandler[ConfigDown]) -> Any:
+        model = handler(data)
+        sent = data.get("version") if isinstance(data, dict) else None
+        model._sent_version = sent if type(sent) is int else model.version
+        return model
+
+    @property
+    def sent_version(self) -> int | str:
+        """The version as the cloud sent it (an integer stays one): what `config/update` echoes.
+
+        `version` is its text, which orders and logs.
+        """
+        return self._sent_version
 
     def fields(self) -> dict[str, Any]:
         """The configuration fields (everything but version and last_updated)."""
@@ -276,27 +320,107 @@ class Downlink:
 
 
 def decode(name: str, payload: bytes) -> Downlink:
-    """Validate a downlink message.
+    """Validate a downlink message under the limits above.
 
     Raises:
-        DownlinkInvalid: unknown topic, not JSON, or a field that does not fit (named).
+        DownlinkInvalid: unknown topic, too large or too deep, not UTF-8 JSON, a number out of
+            bounds, or a field that does not fit (named).
     """
     device_id, kind = parse_topic(name)
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        msg = f"{name}: payload is not JSON: {exc}"
-        raise DownlinkInvalid(msg) from None
+    data = _load(payload)
     try:
         body = _MODELS[kind].model_validate(data)
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(_cut(str(p)) for p in err['loc']) or '(payload)'}: {err['msg']}"
+            for err in errors[:_SHOWN_PROBLEMS]
         )
-        msg = f"{name}: {problems}"
+        more = len(errors) - _SHOWN_PROBLEMS
+        msg = problems + (f" (and {more} more)" if more > 0 else "")
         raise DownlinkInvalid(msg) from None
     return Downlink(device_id, kind, body)
+
+
+def shown(text: str) -> str:
+    """`text` as it goes into a log line: quoted, and cut short if long."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} chars)"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}..."
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, without parsing it.
+
+    Strings (escapes included, an unterminated one up to the end) are cut out by one linear
+    regex, every byte but brackets is deleted, and the depth is the highest running sum of
+    +1 per opening and -1 per closing bracket. Linear in the size, no recursion; a text that
+    is not JSON gets some number, and the parser refuses it afterwards.
+    """
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _load(payload: bytes) -> Any:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        msg = f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD_BYTES}"
+        raise DownlinkInvalid(msg)
+    depth = nesting_depth(payload)
+    if depth > MAX_DEPTH:
+        msg = f"payload nests {depth} deep, more than {MAX_DEPTH}"
+        raise DownlinkInvalid(msg)
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError as exc:
+        msg = f"payload is not UTF-8: byte {exc.start} ({payload[exc.start]:#04x})"
+        raise DownlinkInvalid(msg) from None
+    try:
+        data = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: only if MAX_DEPTH were huge
+        msg = f"payload is not JSON: {exc}"
+        raise DownlinkInvalid(msg) from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            msg = "payload holds a lone UTF-16 surrogate (\\ud800-\\udfff): not storable text"
+            raise DownlinkInvalid(msg) from None
+    return data
+
+
+def _int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        msg = f"an integer of {digits} digits (at most {MAX_INT_DIGITS})"
+        raise ValueError(msg)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        msg = f"the number {shown(text)} is out of range"
+        raise ValueError(msg)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    msg = f"{text} is not a JSON number"
+    raise ValueError(msg)
+
+
+# A JSON string from its opening quote to its closing one, or to the end when unterminated;
+# possessive, so it never backtracks (the whole scan stays linear).
+_STRING = re.compile(rb'"(?>[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _json_default(value: Any) -> Any:
