@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from gatewayd.driver import ConnectionConfig, Driver
 from gatewayd.health import Health
 from gatewayd.registry import spec_for
 from gatewayd.settings import Settings
+from gatewayd.statelock import StateLock
 from gatewayd.store import Store, open_store
 from gatewayd.store.cloud_state import CloudState, cloud_state_schema
 from gatewayd.store.outbox import Outbox, open_outbox
@@ -38,6 +40,13 @@ __all__ = ["App", "default_build_driver"]
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
+
+# How long the task group's tasks get to end once it is ending (a stop, or a task that
+# failed) before the ones still running are cancelled again, every `RECANCEL_S` after that.
+# A task that swallowed its cancellation would otherwise hold the daemon up for ever, with
+# the task that waits for SIGTERM already gone.
+STOP_GRACE_S = 2.0
+RECANCEL_S = 1.0
 
 
 class _Shutdown(Exception):
@@ -85,6 +94,9 @@ class App:
         self.store: Store | None = None
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        self.state_lock = StateLock(settings.state_dir)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recancel: asyncio.TimerHandle | None = None
 
     @property
     def connects(self) -> int | None:
@@ -97,8 +109,14 @@ class App:
         return self.uplink.downlinks if self.uplink is not None else None
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        """Begin a graceful shutdown (safe to call from a signal handler).
+
+        Asked again while already stopping, the tasks still running are cancelled again at
+        once rather than after the grace period.
+        """
         self.stop_requested.set()
+        if self._recancel is not None:
+            self._cancel_lingering()
 
     async def run(self) -> None:
         """Serve until `request_stop()`; a bug in any task propagates out of here.
@@ -107,12 +125,17 @@ class App:
         completes its commit), then the outbox commits what is buffered and closes, then the
         state store closes.
         """
-        self._prepare_state_dir()
+        if self.stop_requested.is_set():
+            log.info("stopped before starting")
+            return
         component = self.health.component("store", critical=True)
         path = self.settings.state_dir / OUTBOX_FILE
         async with (
+            self._state_dir_locked(),
             open_store(self.settings) as store,
-            open_outbox(path, self.settings.outbox, schema=cloud_state_schema) as outbox,
+            open_outbox(
+                path, self.settings.outbox, health=component, schema=cloud_state_schema
+            ) as outbox,
         ):
             self.store = store
             self.outbox = outbox
@@ -123,6 +146,7 @@ class App:
             except* _Shutdown:
                 pass
             finally:
+                self._stopped()
                 component.stopped()
         log.info("stopped")
 
@@ -153,7 +177,7 @@ class App:
             self.api = ApiServer(
                 self.settings.api, app, self.health.component("api", critical=True)
             )
-            tg.create_task(self.api.serve(), name="api")
+            self._spawn(tg, self.api.serve(), "api")
         if self.settings.cloud.host is not None:
             self.uplink = Uplink(
                 self.settings.cloud,
@@ -165,13 +189,45 @@ class App:
                 self.health.component("uplink"),
                 desired=CloudDesired(store.registry, store.products, store.shadows),
             )
-            tg.create_task(self.uplink.run(), name="uplink")
-        tg.create_task(self._announce_ready(), name="ready")
-        tg.create_task(self._watchdog(), name="watchdog")
+            self._spawn(tg, self.uplink.run(), "uplink")
+        self._spawn(tg, self._announce_ready(), "ready")
+        self._spawn(tg, self._watchdog(), "watchdog")
         for conn_id, runner in self.runners.items():
-            tg.create_task(runner.run(), name=f"connection[{conn_id}]")
-        tg.create_task(reconciler.run(), name="reconcile")
-        tg.create_task(self._wait_stop(), name="stop")
+            self._spawn(tg, runner.run(), f"connection[{conn_id}]")
+        self._spawn(tg, reconciler.run(), "reconcile")
+        self._spawn(tg, self._wait_stop(), "stop")
+
+    def _spawn(self, tg: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = tg.create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task that ended with an error (or `_Shutdown`) ends the group: start the clock."""
+        if task.cancelled() or task.exception() is None or self._recancel is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._recancel = loop.call_later(STOP_GRACE_S, self._cancel_lingering)
+
+    def _cancel_lingering(self) -> None:
+        lingering = [t for t in self._tasks if not t.done()]
+        for task in lingering:
+            log.error(
+                "task %s is still running after the stop began: cancelling it again; it waits "
+                "in %s",
+                task.get_name(),
+                " <- ".join(reversed(awaiting(task))) or "?",
+            )
+            task.cancel()
+        if self._recancel is not None:
+            self._recancel.cancel()
+        loop = asyncio.get_running_loop()
+        self._recancel = loop.call_later(RECANCEL_S, self._cancel_lingering)
+
+    def _stopped(self) -> None:
+        if self._recancel is not None:
+            self._recancel.cancel()
+        self._tasks.clear()
 
     def _mount(
         self, store: Store, outbox: Outbox, state: CloudState
@@ -214,12 +270,35 @@ class App:
                 self.notifier.status(status)
                 last_status = status
 
-    def _prepare_state_dir(self) -> None:
+    @contextlib.asynccontextmanager
+    async def _state_dir_locked(self) -> AsyncIterator[None]:
+        """The state directory, created if missing and locked for this process alone.
+
+        The lock comes before anything in the directory is opened: a second daemon on the
+        same directory exits here (`StateDirLocked`) having touched nothing.
+        """
         state = self.settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        probe = state / ".writable"
-        probe.write_bytes(b"")
-        probe.unlink()
+        self.state_lock.acquire()
+        try:
+            probe = state / ".writable"
+            probe.write_bytes(b"")
+            probe.unlink()
+            yield
+        finally:
+            self.state_lock.release()
+
+
+def awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """Where a suspended task waits, outermost first (`Task.get_stack()` shows one frame)."""
+    where: list[str] = []
+    step: Any = task.get_coro()
+    while step is not None:
+        frame = getattr(step, "cr_frame", None) or getattr(step, "ag_frame", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        step = getattr(step, "cr_await", None) or getattr(step, "ag_await", None)
+    return where
 
 
 def install_signal_handlers(app: App) -> None:

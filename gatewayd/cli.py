@@ -1,4 +1,11 @@
-"""Command line: run, check-config, print-schema, demo."""
+"""Command line: run, check-config, print-schema, demo.
+
+Exit statuses of `gatewayd run` (docs/operations.md, "Exit statuses"): 0 after SIGTERM or
+SIGINT; 78 for an invalid configuration; a `StartupError`'s own status for a start that failed
+for a reason that is not a bug (69 the API cannot listen, 75 another daemon holds the state
+directory, 77 a state file this user may not use), each with one log line and no traceback;
+1 for a bug, with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,21 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from gatewayd import __version__
 from gatewayd.config_load import InvalidConfig, load_settings
-from gatewayd.errors import ConfigError
+from gatewayd.errors import EX_CONFIG, ConfigError, StartupError
 from gatewayd.logs import setup_logging
 from gatewayd.products import ProductError, load_products
 from gatewayd.settings import Settings
 
-__all__ = ["EX_CONFIG", "main"]
+__all__ = ["EX_CONFIG", "EX_INTERRUPTED", "main", "startup_errors"]
 
-EX_CONFIG = 78  # sysexits.h; the unit sets RestartPreventExitStatus=78
+EX_INTERRUPTED = 130  # the shell's status for SIGINT, when it comes before the loop runs
 DEFAULT_CONFIG = Path("/etc/gatewayd/gatewayd.yaml")
 
 log = logging.getLogger("gatewayd")
@@ -77,13 +85,15 @@ def _run(settings: Settings) -> int:
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_serve(settings))
-    except (ConfigError, BaseExceptionGroup) as exc:
-        problems = _config_errors(exc)
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED  # SIGINT before the loop took the signal over
+    except (ConfigError, StartupError, BaseExceptionGroup) as exc:
+        problems = startup_errors(exc)
         if not problems:
             raise
         for problem in problems:
-            log.error("%s", problem)  # noqa: TRY400 - a config problem needs no traceback
-        return EX_CONFIG
+            log.error("cannot start: %s", problem)  # noqa: TRY400 - a reason, not a bug
+        return _status(problems[0])
     return 0
 
 
@@ -103,19 +113,52 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _config_errors(exc: BaseException) -> list[ConfigError]:
-    """The ConfigErrors in `exc`, or [] when anything else is in it too (that is a bug)."""
-    if isinstance(exc, ConfigError):
+def startup_errors(exc: BaseException) -> list[ConfigError | StartupError]:
+    """The reasons a start failed in `exc` (nested groups included), or [] for a bug.
+
+    Anything else in `exc`, alongside them or alone, is a bug: its traceback is worth more
+    than the reasons, and the daemon exits 1.
+    """
+    if isinstance(exc, ConfigError | StartupError):
         return [exc]
     if isinstance(exc, BaseExceptionGroup):
-        found = [e for sub in exc.exceptions for e in _config_errors(sub)]
-        return found if len(found) == len(exc.exceptions) else []
+        found: list[ConfigError | StartupError] = []
+        for sub in exc.exceptions:
+            reasons = startup_errors(sub)
+            if not reasons:
+                return []
+            found += reasons
+        return found
     return []
 
 
+def _status(exc: ConfigError | StartupError) -> int:
+    return exc.exit_status if isinstance(exc, StartupError) else EX_CONFIG
+
+
+class _EarlyStop:
+    """SIGTERM and SIGINT, taken over by the loop before anything slow (imports, stores).
+
+    A signal that comes before the daemon exists is kept; the daemon then stops before
+    opening anything.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request)
+        loop.add_signal_handler(signal.SIGINT, self.request)
+
+    def request(self) -> None:
+        self.requested = True
+
+
 async def _serve(settings: Settings) -> None:
+    early = _EarlyStop()
     from gatewayd.app import App, install_signal_handlers  # noqa: PLC0415 - after logging set-up
 
     app = App(settings)
     install_signal_handlers(app)
+    if early.requested:
+        app.request_stop()
     await app.run()

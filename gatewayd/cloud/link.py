@@ -11,11 +11,12 @@ children it does not know yet (retried until it answers), ask for each device's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiomqtt
@@ -41,11 +42,15 @@ from gatewayd.health import Component
 from gatewayd.settings import CloudConfig
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, Record
-from gatewayd.supervise import supervise
+from gatewayd.supervise import raise_if_cancelled, supervise
 
 __all__ = ["LinkTiming", "PackedOnce", "Uplink", "should_fall_back"]
 
 log = logging.getLogger(__name__)
+
+# On the way out (the task cancelled), how long the DISCONNECT to the broker may take: a broker
+# that stopped reading must not hold up a stop (aiomqtt waits `connect_timeout_s` for it).
+GOODBYE_S = 1.0
 
 # CONNACK answers that mean "this broker does not speak MQTT 5": 3.1.1's "unacceptable
 # protocol version" (1) and MQTT 5's "unsupported protocol version" (0x84).
@@ -151,6 +156,7 @@ class Uplink:
         try:
             await self._session_once()
         except _OldBroker:
+            raise_if_cancelled()
             log.warning("uplink: the broker does not speak MQTT 5: falling back to 3.1.1")
             self._mqtt5 = False
             self._properties.clear()
@@ -161,7 +167,7 @@ class Uplink:
         seam = PublishSeam(client)
         connected = False
         try:
-            async with client:
+            async with _connection(client):
                 connected = True
                 await self._connected(client, seam)
         except* (aiomqtt.MqttError, UplinkUnavailable, TimeoutError) as group:
@@ -336,6 +342,34 @@ class PackedOnce(Properties):
         """The bytes packed at creation."""
         packed: bytes = self.__dict__["_packed"]
         return packed
+
+
+@contextlib.asynccontextmanager
+async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
+    """`async with client`, with a cancellation never lost on the way in or held on the way out.
+
+    aiomqtt waits for the CONNACK with `asyncio.wait_for`, which in Python 3.11 returns the
+    result instead of raising when the task is cancelled in the loop iteration the CONNACK
+    arrives in; the session would then run on in a task that was told to stop, and a daemon
+    stopping (or failing to start) waits for it for ever. On the way out of a cancelled
+    session the DISCONNECT gets `GOODBYE_S`.
+    """
+    await client.__aenter__()
+    try:
+        raise_if_cancelled()
+        yield client
+    except asyncio.CancelledError as exc:
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await client.__aexit__(type(exc), exc, exc.__traceback__)
+        except (TimeoutError, aiomqtt.MqttError):
+            log.debug("uplink: no goodbye to the broker on the way out")
+        raise
+    except BaseException as exc:
+        await client.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        await client.__aexit__(None, None, None)
 
 
 class _OldBroker(Exception):
