@@ -1,4 +1,4 @@
-"""The device record and the seed 004 rules that every new or changed device must pass.
+"""The device record and IoTDA's registration rules that every new or changed device must pass.
 
 `DeviceCreate` and `DeviceUpdate` are the validated requests (from the REST API or from the
 YAML sync); `Device` is the stored record. Every rule names the field it checks.
@@ -35,7 +35,7 @@ NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ProductId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
 AppId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
 # Names and descriptions: letters (any script), digits, spaces and _?'#().,&%@!-
-# The seed's own example description has a space, so spaces are accepted.
+# IoTDA's own example description has a space, so spaces are accepted.
 DeviceName = Annotated[str, StringConstraints(pattern=r"^[\w ?'#().,&%@!-]{1,256}$")]
 Description = Annotated[str, StringConstraints(pattern=r"^[\w ?'#().,&%@!-]{0,2048}$")]
 ServiceId = Annotated[str, StringConstraints(pattern=r"^[\w?'#().,&%@!-]{1,32}$")]
@@ -120,7 +120,7 @@ def _extension_info_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class DeviceCreate(_Request):
-    """A request to register a device (seed 004's request body)."""
+    """A request to register a device (IoTDA's Create a Device request body)."""
 
     device_id: DeviceId | None = Field(
         default=None, description="Defaults to `{product_id}_{node_id}`."

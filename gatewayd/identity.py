@@ -23,7 +23,7 @@ class ChildIdentity:
 def child_identity(connection: ConnectionConfig, device: DeviceConfig[Any]) -> ChildIdentity:
     """node_id defaults to the device key, product_id to the driver kind.
 
-    device_id is `{product_id}_{node_id}`, the registry's default (seed 004), so the same
+    device_id is `{product_id}_{node_id}`, the registry's default (as IoTDA's), so the same
     YAML always yields the same ids, on every gateway and after every restart.
     """
     node_id = device.node_id or device.id

@@ -35,7 +35,7 @@ PropertyType = Literal["int", "decimal", "string", "bool", "datetime", "json"]
 Access = Literal["R", "W", "RW"]
 
 _PRODUCT_ID = r"^[A-Za-z0-9_-]{1,36}$"
-# Service ids follow the seed's rule for shadow service ids: 32 characters of this set.
+# Service ids follow IoTDA's rule for shadow service ids: 32 characters of this set.
 _SERVICE_ID = r"^[\w?'#().,&%@!-]{1,32}$"
 _PROPERTY_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 _INT_TEXT = re.compile(r"^[+-]?\d+$")
@@ -68,7 +68,7 @@ class PropertyDef(_Frozen):
         """The value in its stored form, or ValueError saying why it does not fit.
 
         Numeric text ("60") is accepted for int and decimal properties and stored as a number:
-        clients (and the seed's own examples) send numbers as strings.
+        clients (and IoTDA's own examples) send numbers as strings.
         """
         checked = _CHECKS[self.type](value, self)
         if self.type in ("int", "decimal"):

@@ -1,6 +1,6 @@
 """The IoTDA surface of the local API: `/v5/iot/{project_id}/devices` and device shadows.
 
-Same field names, status values, validation rules and error shape as the cloud (seed 004),
+Same field names, status values, validation rules and error shape as IoTDA's,
 for the devices this gateway manages. Lists are newest first; `marker` is the 24-hex id of
 the last device of the previous page (all `f`, IoTDA's default, starts at the newest).
 """
@@ -168,7 +168,7 @@ _PROJECT = Param("project_id", "path", description="Must equal api.project_id.")
 _DEVICE = Param("device_id", "path")
 _TAG = "iotda"
 _CREATE = Operation(
-    summary="Register a device (seed 004); a child of the gateway unless gateway_id is given",
+    summary="Register a device (IoTDA's rules); a child of the gateway unless gateway_id is given",
     scope="admin",
     tag=_TAG,
     params=(_PROJECT,),

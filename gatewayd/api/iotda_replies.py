@@ -1,4 +1,4 @@
-"""How the IoTDA surface shows devices and shadows (seed 004's reply fields)."""
+"""How the IoTDA surface shows devices and shadows (IoTDA's Create a Device reply fields)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["DEVICE_SCHEMA", "LIST_SCHEMA", "SHADOW_SCHEMA", "device_reply", "sha
 def device_reply(
     device: Device, products: ProductCatalog, *, with_auth: bool = True
 ) -> dict[str, Any]:
-    """Every field of seed 004's reply; secrets masked, and left out of lists entirely."""
+    """Every field of IoTDA's reply; secrets masked, and left out of lists entirely."""
     product = products.get(device.product_id)
     reply: dict[str, Any] = {
         "app_id": device.app_id,

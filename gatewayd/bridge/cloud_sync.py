@@ -1,6 +1,6 @@
 """The cloud's desired config into shadows, and what the field confirmed back to the cloud.
 
-Config fields map to the desired state of the device's product services (DESIGN.md 4.1): a
+Config fields map to the desired state of the device's product services (docs/protocol.md): a
 product with one service takes flat fields; with several, each field is an object keyed by
 `service_id`. The answer on `config/update` carries the version of the config it answers and
 only values read back from the device; a refusal is answered with `refused: {property: reason}`.

@@ -1,6 +1,6 @@
 """The device registry: the gateway, its children and grandchildren, in the state database.
 
-Rules (seed 004): device_id defaults to `{product_id}_{node_id}`; a device without gateway_id
+Rules (IoTDA's): device_id defaults to `{product_id}_{node_id}`; a device without gateway_id
 sits directly under this gateway; at most two levels of devices below the gateway; status is
 INACTIVE until the first data; a device with children is deleted only with cascade.
 """

@@ -1,4 +1,4 @@
-"""Layers (DESIGN.md section 2): contracts <- drivers <- core services <- app/cli.
+"""Layers (docs/architecture.md): contracts <- drivers <- core services <- app/cli.
 
 Checked by reading imports, so a violation fails here rather than in review.
 """

@@ -1,4 +1,4 @@
-"""Every registry rule of seed 004, each with a value refused and a value accepted.
+"""Every registry rule of IoTDA's registration, each with a value refused and a value accepted.
 
 Requests go through the same path as the REST API: the request model, then the registry
 with a real SQLite file and the test products.

@@ -1,4 +1,4 @@
-"""The `native` dialect: seed 003's `v1/device/{id}/...` topics, extended for children.
+"""The `native` dialect: the device MQTT API's `v1/device/{id}/...` topics, plus children.
 
 Pure: topics, payload encoding and downlink validation, no I/O. Records in the outbox carry a
 dialect-neutral `kind` that is also the topic suffix here (`telemetry`, `commands/update`, ...).
@@ -117,7 +117,7 @@ def encode_json(body: Mapping[str, Any]) -> bytes:
 
 
 def iso_timestamp(at: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and `Z`, as the seed's examples."""
+    """ISO 8601 in UTC with milliseconds and `Z`, as that API's examples."""
     if at.tzinfo is not UTC:
         at = at.astimezone(UTC)
     return at.isoformat(timespec="milliseconds")[:-6] + "Z"  # drop "+00:00"
