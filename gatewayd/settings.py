@@ -149,10 +149,15 @@ class OutboxConfig(_Section):
             "acknowledged meanwhile is never written). The most a power cut or a crash can lose."
         ),
     )
-    min_free_bytes: int = Field(
-        default=64 * 1024 * 1024,
+    min_free_bytes: int | None = Field(
+        default=None,
         ge=0,
-        description="Free-disk floor: below it new records are refused or old ones dropped.",
+        description=(
+            "Free-disk floor of the state directory's file system: below it new records are "
+            "not written but held in memory (8 MiB at most, the policy applies beyond) and "
+            "sent from there. Unset: 2 % of the file system's size, at most 64 MiB (a 100 MB "
+            "partition gets 2 MB)."
+        ),
     )
 
 

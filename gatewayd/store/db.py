@@ -14,11 +14,11 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from gatewayd.errors import ConfigError
+from gatewayd.store.sqlite_worker import Damaged, move_aside, open_sqlite
 
 __all__ = ["MIGRATIONS", "Database", "open_database"]
 
@@ -121,10 +121,14 @@ async def open_database(
 
     A file that is not a database or fails SQLite's quick check is moved aside (named in
     `Database.moved_aside` and logged as an error) and a fresh one is created: the daemon keeps
-    running, and the registry is rebuilt from the configuration.
+    running, and the registry is rebuilt from the configuration. Only damage does that: a
+    file this user may not open, or one another process locks, stops the daemon untouched,
+    and a full disk opens it for this process alone (`gatewayd.store.sqlite_worker`).
 
     Raises:
-        ConfigError: the file cannot be opened, or was written by a newer gatewayd.
+        StateAccessDenied: the file exists and this user may not read or write it.
+        StateLocked: another process holds a lock on it.
+        ConfigError: the file was written by a newer gatewayd, or the disk refuses it.
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-db")
     loop = asyncio.get_running_loop()
@@ -143,23 +147,24 @@ async def open_database(
 
 def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connection, Path | None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _open(path)
     aside = None
-    problem = _damage(conn)
-    if problem is not None:
-        conn.close()
-        aside = _move_aside(path)
-        log.error(
-            "state database %s is damaged (%s): moved to %s; starting with a fresh one",
-            path,
-            problem,
-            aside,
-        )
-        conn = _open(path)
+    pragmas = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
     try:
-        path.chmod(0o600)  # holds device secrets
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn, _ = open_sqlite(path, pragmas)
+        except Damaged as exc:
+            aside = move_aside(path, "damaged")
+            log.error(  # noqa: TRY400 - the damage is the message, not a traceback
+                "state database %s is damaged (%s): moved to %s; starting with a fresh one",
+                path,
+                exc,
+                aside,
+            )
+            conn, _ = open_sqlite(path, pragmas)
+    except sqlite3.Error as exc:  # the disk, even for this process alone
+        raise ConfigError(f"state database {path}: {exc}") from exc
+    try:
+        _private(path)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         _migrate(conn, path, migrations)
@@ -169,35 +174,13 @@ def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connectio
     return conn, aside
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def _private(path: Path) -> None:
+    """Mode 0600: the file holds device secrets. Not the owner: say so, go on (it is usable)."""
     try:
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"state database {path}: {exc}") from exc
-
-
-def _damage(conn: sqlite3.Connection) -> str | None:
-    """Why the file is unusable, or None when SQLite's quick check passes."""
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.OperationalError:
-        raise  # locked, unreadable: not damage, and not ours to move
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    if rows != [("ok",)]:
-        return "; ".join(str(r[0]) for r in rows[:3])
-    return None
-
-
-def _move_aside(path: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            extra.rename(aside.with_name(aside.name + suffix))
-    return aside
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as exc:
+        log.warning("state database %s: cannot make it private (mode 0600): %s", path, exc)
 
 
 def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

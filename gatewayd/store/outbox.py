@@ -7,8 +7,15 @@ Concurrent appends share one transaction (group commit), so the rate grows with 
 producers rather than being bound by one fsync each.
 
 Records leave only by `ack()` (the broker accepted them), `dead_letter()` (the broker refused
-them), or a bound (`max_bytes`, `max_age_s`, the free-disk floor); every drop is counted by
-reason and device.
+them), or a bound (`max_bytes`, `max_age_s`, the memory bound while the disk takes nothing);
+every drop is counted by reason and device, logged at most every 10 s, and shown as a problem
+of the `store` component in /healthz until no record was dropped for 10 s.
+
+Below the free-disk floor (`min_free_bytes`), or while the disk refuses writes (full, I/O
+errors), new records are not written: they are held in memory (`MEMORY_BYTES` at most, the
+outbox policy applied beyond that) and sent from there; those the broker acknowledges are
+never written, the others are written once the disk takes them again. Housekeeping that
+fails (the age bound, the WAL sync) is retried; the daemon goes on.
 
 Records also go to an in-memory tail (`gatewayd.store.outbox_tail`) as they are appended, until
 they are acknowledged, so `fetch()` serves a pump that keeps up without reading SQLite. With
@@ -30,11 +37,16 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gatewayd.settings import OutboxConfig
 from gatewayd.store.outbox_db import Batch, Committed, OutboxTables, Record, migrate
 from gatewayd.store.outbox_tail import TAIL_BYTES, Tail
+from gatewayd.store.salvage import Salvage, salvage
 from gatewayd.store.sqlite_worker import SqliteWorker
+
+if TYPE_CHECKING:
+    from gatewayd.health import Component
 
 __all__ = ["DeadLetter", "Outbox", "OutboxFull", "OutboxStats", "Record", "open_outbox"]
 
@@ -42,6 +54,20 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 1.0
 PUT_AHEAD_BYTES = 4 * 1024 * 1024  # records put() without waiting for their commit
+MEMORY_BYTES = 8 * 1024 * 1024  # records held in memory while the disk takes nothing
+RETRY_S = 1.0  # a write the disk refused is tried again after this long
+DROPS_QUIET_S = 10.0  # drops are reported (log, /healthz) until this long without one
+FLOOR_FRACTION = 50  # the automatic floor: 1/50 of the file system ...
+FLOOR_CAP = 64 * 1024 * 1024  # ... and never more than this
+
+
+def auto_floor(total_bytes: int) -> int:
+    """The free-disk floor when `min_free_bytes` is not set: 2 % of the file system, 64 MiB at most.
+
+    A fixed 64 MiB would exceed the free space of a small data partition, and every record
+    would be refused on a disk that is nearly empty.
+    """
+    return min(FLOOR_CAP, total_bytes // FLOOR_FRACTION)
 
 
 class OutboxFull(Exception):
@@ -85,6 +111,9 @@ class Outbox:
         disk_free: free bytes on the store's file system (injectable for tests).
         clock: wall clock for record ages.
         tail_bytes: memory bound of the tail of unacknowledged records.
+        floor: the free-disk floor in bytes (`min_free_bytes`, resolved).
+        health: the `store` component, for problems (disk, drops); None in tests.
+        memory_bytes: bound of the records held in memory while the disk takes nothing.
     """
 
     def __init__(  # noqa: PLR0913 - collaborators and bounds, all injected
@@ -96,6 +125,9 @@ class Outbox:
         disk_free: Callable[[], int],
         clock: Callable[[], float] = time.time,
         tail_bytes: int = TAIL_BYTES,
+        floor: int | None = None,
+        health: Component | None = None,
+        memory_bytes: int = MEMORY_BYTES,
     ) -> None:
         self.worker = worker
         self._tables = tables
@@ -119,14 +151,37 @@ class Outbox:
         self._drops: dict[tuple[str, str], int] = {}
         self._wake = asyncio.Event()
         self._closed = False
-        self._disk_low = False
         self._dirty = False
         self.changed = asyncio.Event()
+        self._prefix = f"{tables.run_id}-"
+        self.floor: int = floor if floor is not None else config.min_free_bytes or 0
+        self._health = health
+        self._memory_bytes = memory_bytes
+        # Why new records are held in memory and not written: None (they are written),
+        # "disk_floor" (free disk below the floor) or "disk_full" (the disk refused a write).
+        self._memory: str | None = None
+        self._retry_at = 0.0
+        self.held_dropped = 0  # records held in memory and dropped for the memory bound
+        self._recent: dict[str, int] = {}  # drops not yet reported, by reason
+        self._episode: dict[str, int] = {}  # drops since the last quiet time, by reason
+        self._unlogged: dict[str, int] = {}
+        self._last_drop = self._next_drop_log = 0.0
+        self.salvage: Salvage | None = None
 
     @property
-    def boot(self) -> int:
-        """This run's number; the first part of every record id appended in it."""
-        return self._tables.boot
+    def boot(self) -> str:
+        """This run's id, `{instance}.{start}`: every record id appended in it is `{boot}-{seq}`."""
+        return self._tables.run_id
+
+    @property
+    def held(self) -> int:
+        """Records appended and not written yet (held back, or held while the disk takes none)."""
+        return len(self._pending)
+
+    @property
+    def holding(self) -> str | None:
+        """Why new records are held in memory instead of written (None: they are written)."""
+        return self._memory
 
     @property
     def depth(self) -> int:
@@ -136,9 +191,15 @@ class Outbox:
     async def append(self, device: str, kind: str, payload: bytes) -> str:
         """Store one record; returns its record id once it is committed.
 
+        While the disk takes nothing (below the floor, full), it returns once the record is
+        held in memory: it is sent from there, and written when the disk takes writes again.
+
         Raises:
-            OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
+            OutboxFull: at `max_bytes` with `reject_new`, or, while records are held in
+                memory, at the memory bound with `reject_new`.
         """
+        if self._memory is not None:
+            return self._enqueue(device, kind, payload, None)
         done = asyncio.get_running_loop().create_future()
         record_id = self._enqueue(device, kind, payload, done)
         await done
@@ -155,9 +216,10 @@ class Outbox:
         `append()`. A failed commit is logged; its records are not stored, as with `append()`.
 
         Raises:
-            OutboxFull: at `max_bytes` with `reject_new`, or below the free-disk floor.
+            OutboxFull: at `max_bytes` with `reject_new`, or, while records are held in
+                memory, at the memory bound with `reject_new`.
         """
-        if self._pending_bytes >= PUT_AHEAD_BYTES:
+        if self._pending_bytes >= PUT_AHEAD_BYTES and self._memory is None:
             return await self.append(device, kind, payload)
         return self._enqueue(device, kind, payload, None)
 
@@ -168,13 +230,8 @@ class Outbox:
             msg = "outbox is closed"
             raise RuntimeError(msg)
         size = len(payload)
-        if self._disk_low:
-            self._count_drop("disk_floor", device)
-            msg = (
-                f"outbox refused a {kind} record of {device}: free disk below "
-                f"outbox.min_free_bytes ({self._config.min_free_bytes})"
-            )
-            raise OutboxFull(msg)
+        if self._memory is not None and self._pending_bytes + size > self._memory_bytes:
+            self._make_room(size, device, kind)
         if (
             self._config.policy == "reject_new"
             and self._tables.bytes + self._pending_bytes + size > self._config.max_bytes
@@ -186,7 +243,7 @@ class Outbox:
             )
             raise OutboxFull(msg)
         self._seq += 1
-        record_id = f"{self._tables.boot}-{self._seq}"
+        record_id = f"{self._prefix}{self._seq}"
         record = Record(self._next_id, record_id, device, kind, payload, self._clock())
         self._next_id += 1
         self._pending[record.id] = (record, time.monotonic())
@@ -198,6 +255,24 @@ class Outbox:
         self._wake.set()
         self.changed.set()
         return record_id
+
+    def _make_room(self, size: int, device: str, kind: str) -> None:
+        """At the memory bound: drop the oldest held records, or refuse this one (the policy)."""
+        reason = self._memory or "disk_full"
+        if self._config.policy == "reject_new":
+            self._count_drop(reason, device)
+            msg = (
+                f"outbox refused a {kind} record of {device}: the disk takes no records "
+                f"({reason}) and {self._memory_bytes} bytes are held in memory already"
+            )
+            raise OutboxFull(msg)
+        pending = self._pending
+        while pending and self._pending_bytes + size > self._memory_bytes:
+            record, _ = pending.pop(next(iter(pending)))
+            self._tail.pop(record.id)
+            self._pending_bytes -= len(record.payload)
+            self.held_dropped += 1
+            self._count_drop(reason, record.device)
 
     def ack(self, row_id: int) -> None:
         """The broker accepted the record: delete it in the next commit.
@@ -218,6 +293,13 @@ class Outbox:
     def dead_letter(self, row_id: int, reason_code: int | None, reason: str) -> None:
         """Move a record the broker refused to the dead-letter table."""
         if row_id in self._pending:
+            if self._memory is not None:  # not to be written: nowhere to keep it
+                record, _ = self._pending.pop(row_id)
+                self._tail.pop(row_id)
+                self._pending_bytes -= len(record.payload)
+                self._count_drop(self._memory, record.device)
+                log.warning("outbox record %d refused while held in memory: %s", row_id, reason)
+                return
             self._hurry.set()  # written in the next commit, moved in the same transaction
         self._take(row_id)
         self._dead.append((row_id, reason_code, reason, self._clock()))
@@ -283,6 +365,9 @@ class Outbox:
             drops: dict[str, dict[str, int]] = {}
             for reason, device, n in conn.execute("SELECT reason, device, count FROM drops"):
                 drops.setdefault(reason, {})[device] = n
+            for (reason, device), n in unwritten_drops.items():  # not written yet (a full disk)
+                by_device = drops.setdefault(reason, {})
+                by_device[device] = by_device.get(device, 0) + n
             devices: dict[str, dict[str, int | str]] = {}
             for device, n, newest in conn.execute(
                 "SELECT device, COUNT(*), MAX(id) FROM records GROUP BY device"
@@ -299,6 +384,7 @@ class Outbox:
             )
 
         await self.flush()
+        unwritten_drops = dict(self._drops)
         return await self.worker.call(query)
 
     async def flush(self) -> None:
@@ -320,12 +406,8 @@ class Outbox:
                 # meanwhile, and those are never written. Someone waiting cuts it short.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._hurry.wait(), self._hold_s)
-            try:
-                await self._commit()
-            except sqlite3.Error as exc:  # disk full, I/O error: the appenders were told
-                log.error("outbox commit failed: %s", exc)  # noqa: TRY400 - weather, not a bug
-                await asyncio.sleep(MAINTENANCE_S)
-            if self._pending:
+            await self._commit()
+            if self._pending and self._memory is None:
                 self._wake.set()  # the ones still held go in a later commit
 
     def _due(self, everything: bool) -> list[Record]:
@@ -358,32 +440,52 @@ class Outbox:
             self._pending_bytes -= len(record.payload)
         return due
 
-    async def _commit(self, *, everything: bool = False) -> None:
-        due = self._due(everything) if self._pending else []
+    async def _commit(self, *, everything: bool = False, final: bool = False) -> bool:
+        """Write what is due; False when the disk refused it (then it is kept, see `_failed`)."""
+        memory = None if final else self._memory
+        if memory == "disk_full" and time.monotonic() < self._retry_at:
+            return False
+        if memory == "disk_floor" or not self._pending:
+            due = []  # below the floor nothing new is written
+        else:
+            due = self._due(everything or memory is not None or final)
         if not (due or self._acks or self._dead or self._drops):
-            return
+            if memory == "disk_full":  # nothing to try it with: the floor decides
+                self._leave_memory()
+            return True
         inserts = [(r.id, r.record_id, r.device, r.kind, r.payload, r.created) for r in due]
         batch = Batch(inserts, self._acks, self._dead, self._drops, self._known)
+        drops = dict(self._drops)  # the commit adds its own max_bytes drops to the batch's
         waiters = self._waiters
         self._waiters, self._acks, self._dead, self._drops = [], [], [], {}
         self._known = {}
         max_bytes = self._config.max_bytes if self._config.policy == "drop_oldest" else None
         done = self.worker.submit(lambda conn: self._tables.commit(conn, batch, max_bytes))
-        done.add_done_callback(lambda fut: self._committed(fut, batch, waiters))
+        done.add_done_callback(lambda fut: self._committed(fut, batch, waiters, drops))
         # Shielded: a commit under way finishes (and tells its appenders) even at shutdown.
-        await asyncio.shield(done)
+        try:
+            await asyncio.shield(done)
+        except sqlite3.Error:  # handled by `_committed`
+            return False
+        return True
 
     def _committed(
         self,
         fut: asyncio.Future[Committed],
         batch: Batch,
         waiters: list[asyncio.Future[None]],
+        drops: dict[tuple[str, str], int],
     ) -> None:
         error = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or error is not None:
             failure = error if isinstance(error, Exception) else RuntimeError("commit cancelled")
-            self._failed(batch, waiters, failure)
+            if _weather(failure) and not self._closed:
+                self._keep(batch, waiters, drops, failure)
+            else:
+                self._failed(batch, waiters, failure)
             return
+        if self._memory == "disk_full":
+            self._leave_memory()
         self._acked.difference_update(batch.acks)
         self._acked.difference_update(row for row, *_ in batch.dead)
         done = fut.result()
@@ -395,16 +497,86 @@ class Outbox:
             if not waiter.done():
                 waiter.set_result(None)
         if done.dropped:
-            log.warning(
-                "outbox at max_bytes: dropped the oldest %s",
-                ", ".join(f"{n} of {d}" for d, n in done.dropped.items()),
+            self._recent["max_bytes"] = self._recent.get("max_bytes", 0) + sum(
+                done.dropped.values()
             )
         if batch.inserts:
             self._dirty = True
 
+    def _keep(
+        self,
+        batch: Batch,
+        waiters: list[asyncio.Future[None]],
+        drops: dict[tuple[str, str], int],
+        failure: Exception,
+    ) -> None:
+        """The disk refused a commit: keep all of it in memory and try again later.
+
+        Its records go back in front of those appended since (the file stays a prefix), but
+        those the broker acknowledged meanwhile, which are never written; its deletions, dead
+        letters and drop counts wait for the next commit. Its appenders are told their
+        records are held.
+        """
+        acked = set(self._acks)
+        back: dict[int, tuple[Record, float]] = {}
+        now = time.monotonic()
+        for row in batch.inserts:
+            if row[0] in acked:
+                acked.discard(row[0])
+                self._acked.discard(row[0])
+                self._known.pop(row[0], None)
+                self.unwritten += 1
+                continue
+            back[row[0]] = (Record(*row), now)
+        gone = {row[0] for row in batch.inserts} - set(back)
+        self._acks = batch.acks + [row for row in self._acks if row not in gone]
+        self._pending_bytes += sum(len(record.payload) for record, _ in back.values())
+        self._pending = back | self._pending
+        self._dead = batch.dead + self._dead
+        for key, n in drops.items():
+            self._drops[key] = self._drops.get(key, 0) + n
+        self._known = batch.known | self._known
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._storage_failed(failure)
+
+    def _storage_failed(self, failure: Exception) -> None:
+        self._retry_at = time.monotonic() + RETRY_S
+        if self._memory == "disk_full":
+            return
+        self._memory = "disk_full"
+        reason = (
+            f"outbox writes fail ({failure}): new records held in memory "
+            f"(up to {self._memory_bytes} bytes) and sent from there, written once the disk "
+            f"takes them again"
+        )
+        log.error("%s", reason)
+        if self._health is not None:
+            self._health.degrade("outbox.disk", reason)
+
+    def _enter_floor(self, free: int) -> None:
+        self._memory = "disk_floor"
+        reason = (
+            f"free disk {free} bytes, below outbox.min_free_bytes ({self.floor}): new records "
+            f"held in memory (up to {self._memory_bytes} bytes) and sent from there, not written"
+        )
+        log.error("outbox: %s", reason)
+        if self._health is not None:
+            self._health.degrade("outbox.disk", reason)
+
+    def _leave_memory(self) -> None:
+        was, self._memory = self._memory, None
+        log.info("outbox: the disk takes records again (%s over); %d held records to write",
+                 was, len(self._pending))  # fmt: skip
+        if self._health is not None:
+            self._health.clear("outbox.disk")
+        self._wake.set()
+
     def _failed(
         self, batch: Batch, waiters: list[asyncio.Future[None]], failure: Exception
     ) -> None:
+        log.error("outbox commit failed: %s", failure)
         unwaited = len(batch.inserts) - len(waiters)
         if unwaited:
             log.error("outbox: %d records put without waiting were not stored", unwaited)
@@ -423,15 +595,49 @@ class Outbox:
         next_sweep = 0.0
         while True:
             await asyncio.sleep(window_s if self._config.durability == "batched" else MAINTENANCE_S)
-            if self._dirty and self._config.durability == "batched":
-                self._dirty = False
-                await self.worker.call(_sync_wal)
             now = time.monotonic()
-            if now < next_sweep:
-                continue
-            next_sweep = now + MAINTENANCE_S
-            self.check_disk()
-            await self.sweep()
+            try:
+                if self._dirty and self._config.durability == "batched":
+                    self._dirty = False
+                    await self.worker.call(_sync_wal)
+                if now < next_sweep:
+                    continue
+                next_sweep = now + MAINTENANCE_S
+                self.check_disk()
+                self._report_drops(now)
+                if self._memory is None:
+                    await self.sweep()
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                if not _weather(exc):
+                    raise
+                self._storage_failed(exc)
+
+    def _report_drops(self, now: float) -> None:
+        """Drops degrade the store at once; logged at most every 10 s; cleared after quiet.
+
+        Cleared once none happened for `DROPS_QUIET_S`.
+        """
+        recent, self._recent = self._recent, {}
+        if recent:
+            self._last_drop = now
+            for reason, n in recent.items():
+                self._episode[reason] = self._episode.get(reason, 0) + n
+                self._unlogged[reason] = self._unlogged.get(reason, 0) + n
+            if self._health is not None:
+                counts = ", ".join(f"{r} {n}" for r, n in sorted(self._episode.items()))
+                self._health.degrade("outbox.drops", f"outbox dropping records ({counts})")
+            if now >= self._next_drop_log:
+                counts = ", ".join(f"{n} for {r}" for r, n in sorted(self._unlogged.items()))
+                log.warning("outbox dropped records: %s", counts)
+                self._unlogged = {}
+                self._next_drop_log = now + DROPS_QUIET_S
+        elif self._episode and now - self._last_drop >= DROPS_QUIET_S:
+            if self._unlogged:
+                counts = ", ".join(f"{n} for {r}" for r, n in sorted(self._unlogged.items()))
+                log.warning("outbox dropped records: %s", counts)
+            self._episode, self._unlogged = {}, {}
+            if self._health is not None:
+                self._health.clear("outbox.drops")
 
     async def sweep(self) -> None:
         """Drop records older than `max_age_s`; forget the backlog once the file holds none.
@@ -443,37 +649,43 @@ class Outbox:
         if through:
             self._tail.forget_through(through)
         if expired:
-            log.warning(
-                "outbox: dropped records older than max_age_s: %s",
-                ", ".join(f"{n} of {d}" for d, n in expired.items()),
-            )
+            self._recent["max_age"] = self._recent.get("max_age", 0) + sum(expired.values())
         if self._tail.backlog:
             floor = self._tail.floor
             if not await self.worker.call(partial(self._tables.any_through, row_id=floor)):
                 self._tail.prune(floor)
 
     def check_disk(self) -> None:
-        """Compare free disk with the floor; below it, appends are refused."""
-        low = self._disk_free() < self._config.min_free_bytes
-        if low != self._disk_low:
-            self._disk_low = low
-            if low:
-                log.error(
-                    "outbox: free disk below %d bytes: new records are refused",
-                    self._config.min_free_bytes,
-                )
-            else:
-                log.info("outbox: free disk above the floor again: records accepted")
+        """Compare free disk with the floor: below it, new records are held in memory.
+
+        While writes fail (`disk_full`), a free disk at the floor lets the next commit try
+        again; below it, the floor holds records instead of a write bound to fail.
+        """
+        try:
+            free = self._disk_free()
+        except OSError as exc:
+            log.warning("outbox: free disk unknown: %s", exc)
+            return
+        low = free < self.floor
+        if low and self._memory != "disk_floor":
+            self._enter_floor(free)
+        elif not low and self._memory == "disk_floor":
+            self._leave_memory()
+        elif not low and self._memory == "disk_full" and time.monotonic() >= self._retry_at:
+            self._wake.set()
 
     def _count_drop(self, reason: str, device: str) -> None:
         key = (reason, device)
         self._drops[key] = self._drops.get(key, 0) + 1
+        self._recent[reason] = self._recent.get(reason, 0) + 1
         self._wake.set()
 
     async def close(self) -> None:
-        """Commit what is buffered and close the file."""
+        """Commit what is buffered (held records too, if the disk takes them) and close."""
         self._closed = True
-        await self._commit(everything=True)
+        held = len(self._pending)
+        if not await self._commit(everything=True, final=True) and held:
+            log.error("outbox: %d records held in memory could not be written at close", held)
         await self.worker.close()
 
 
@@ -488,6 +700,13 @@ def _lanes(records: Sequence[Record]) -> list[list[Record]]:
     return lanes
 
 
+def _weather(exc: BaseException) -> bool:
+    """A failure of the disk (full, I/O, read-only, locked), not of the statements."""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+    )
+
+
 def _sync_wal(conn: sqlite3.Connection) -> None:
     # A passive checkpoint fsyncs the WAL first: this bounds what a power cut can lose.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -498,33 +717,51 @@ async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
     path: Path,
     config: OutboxConfig,
     *,
+    health: Component | None = None,
     disk_free: Callable[[], int] | None = None,
     schema: Callable[[sqlite3.Connection], None] | None = None,
     clock: Callable[[], float] = time.time,
     tail_bytes: int = TAIL_BYTES,
+    memory_bytes: int = MEMORY_BYTES,
 ) -> AsyncIterator[Outbox]:
     """Open the file, run the commit loop while the block runs, then flush and close.
+
+    A damaged file is set aside (kept as `outbox.db.damaged-<time>`) and what SQLite can
+    still read of it is copied into the new file (`gatewayd.store.salvage`); the counts are
+    logged and shown in /healthz for the rest of the run.
 
     Args:
         path: the SQLite file (`outbox.db` in the state directory).
         config: bounds and durability.
+        health: the `store` component: the outbox notes its problems there.
         disk_free: free bytes on the file system; defaults to `shutil.disk_usage`.
         schema: more tables kept in the same file (downlink state), created at open.
         clock: wall clock for record ages (injectable for tests).
         tail_bytes: memory bound of the tail of unacknowledged records (small in tests).
+        memory_bytes: bound of records held in memory while the disk takes none.
+
+    Raises:
+        StateAccessDenied: the file exists and this user may not read or write it.
+        StateLocked: another process holds a lock on it.
     """
     worker = SqliteWorker(
         path, synchronous="FULL" if config.durability == "full" else "NORMAL", name="outbox"
     )
     holder: list[OutboxTables] = []
+    salvaged: list[Salvage] = []
 
     def setup(conn: sqlite3.Connection) -> None:
         migrate(conn)
         if schema is not None:
             schema(conn)
+        if worker.moved_aside is not None:
+            salvaged.append(salvage(worker.moved_aside, conn))
         holder.append(OutboxTables(conn))
 
     await worker.open(setup)
+    floor = config.min_free_bytes
+    if floor is None:
+        floor = auto_floor(shutil.disk_usage(path.parent).total)
     outbox = Outbox(
         worker,
         holder[0],
@@ -532,15 +769,12 @@ async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
         disk_free=disk_free or (lambda: shutil.disk_usage(path.parent).free),
         clock=clock,
         tail_bytes=tail_bytes,
+        floor=floor,
+        health=health,
+        memory_bytes=memory_bytes,
     )
+    _report_open(outbox, salvaged[0] if salvaged else None, health)
     outbox.check_disk()
-    log.info(
-        "outbox %s: %d records (%d bytes) waiting, boot %d",
-        path,
-        outbox.depth,
-        holder[0].bytes,
-        outbox.boot,
-    )
     try:
         async with asyncio.TaskGroup() as tg:
             runner = tg.create_task(outbox.run(), name="outbox")
@@ -550,3 +784,28 @@ async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
                 runner.cancel()
     finally:
         await outbox.close()
+
+
+def _report_open(outbox: Outbox, salvaged: Salvage | None, health: Component | None) -> None:
+    worker = outbox.worker
+    outbox.salvage = salvaged
+    if salvaged is not None:
+        log.error(
+            "%s (%s); %d other rows salvaged", salvaged.describe(), worker.damage, salvaged.rows
+        )
+        if health is not None:
+            health.degrade("outbox.salvaged", salvaged.describe())
+    if worker.in_memory is not None and health is not None:
+        health.degrade(
+            "outbox.memory",
+            f"{worker.path} cannot be opened ({worker.in_memory}): records kept in memory for "
+            "this run; restart gatewayd once the disk has room",
+        )
+    log.info(
+        "outbox %s: %d records (%d bytes) waiting, run %s, free-disk floor %d bytes",
+        worker.path,
+        outbox.depth,
+        outbox._tables.bytes,  # noqa: SLF001 - the same module
+        outbox.boot,
+        outbox.floor,
+    )

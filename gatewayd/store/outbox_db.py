@@ -7,11 +7,15 @@ PUBACK, dead letters and drop counters together, so they are durable together.
 
 from __future__ import annotations
 
+import logging
+import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Batch", "Committed", "OutboxTables", "Record", "migrate"]
+__all__ = ["Batch", "Committed", "OutboxTables", "Record", "migrate", "new_instance"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -52,7 +56,8 @@ class Record:
 
     Args:
         id: position in the outbox; increases with every append, never reused.
-        record_id: the application-level id the cloud deduplicates on (`{boot}-{seq}`).
+        record_id: the application-level id the cloud deduplicates on
+            (`{instance}.{boot}-{seq}`, docs/protocol.md).
         device: the device the record belongs to; order is kept per device.
         kind: what it is, in dialect-neutral words (`telemetry`, `commands/update`, ...).
         payload: the encoded body.
@@ -107,14 +112,29 @@ def migrate(conn: sqlite3.Connection) -> None:
         msg = f"outbox schema {version} is newer than this gatewayd ({SCHEMA_VERSION})"
         raise RuntimeError(msg)
     conn.executescript(_SCHEMA)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    if version != SCHEMA_VERSION:  # no write when there is nothing to change (a full disk)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def new_instance() -> str:
+    """A random name for one outbox file: 48 bits, 12 hex digits.
+
+    Chosen when a file is created (a first start, a damaged file set aside, an emptied or
+    wiped state directory), so record ids never repeat however often the file starts over.
+    """
+    return secrets.token_hex(6)
 
 
 class OutboxTables:
     """Counters kept beside the tables so bounds are checked without scanning.
 
     Only the worker thread calls its methods; the asyncio side reads `bytes`, `count` (plain
-    values, replaced whole) and, once at open, `last_id` and `waiting`.
+    values, replaced whole) and, once at open, `last_id`, `waiting` and `run_id`.
+
+    `run_id` is `{instance}.{boot}`: the file's random instance (kept in `meta`) and the
+    number of starts of this file. Every record id of this run begins with it. When the new
+    boot number cannot be written (a full disk), this run gets an instance of its own, so a
+    later start that reuses the number still makes new ids.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -127,9 +147,24 @@ class OutboxTables:
         # AUTOINCREMENT never reuses an id: every later record is newer than this one.
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         self.last_id: int = max([seq[0] if seq else 0, *self.waiting.values()])
-        boot = conn.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
-        self.boot = int(boot[0]) + 1 if boot else 1
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (str(self.boot),))
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.boot = int(meta.get("boot", 0)) + 1
+        instance = meta.get("instance")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if instance is None:
+                instance = new_instance()
+                conn.execute("INSERT INTO meta VALUES ('instance', ?)", (instance,))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (str(self.boot),))
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            instance = new_instance()
+            log.warning("outbox: start number not written (%s): ids of this run use %s", exc,
+                        instance)  # fmt: skip
+        self.instance: str = instance
+        self.run_id = f"{instance}.{self.boot}"
 
     def commit(self, conn: sqlite3.Connection, batch: Batch, max_bytes: int | None) -> Committed:
         """Write one group commit; with `max_bytes`, drop the oldest records beyond it.

@@ -4,6 +4,12 @@ SQLite calls block. Running them on the event loop would stall every connection 
 a checkpoint fsyncs; running them on a thread pool would let two threads share a connection.
 So every file gets exactly one connection, created on and used only by its own thread, and
 coroutines hand it work with `call()`.
+
+Opening tells four troubles apart (`gatewayd.store.access`): a file this user may not open
+stops the daemon (`StateAccessDenied`), a lock held by another process too (`StateLocked`),
+only damage moves a file aside, and a full disk opens the file for this process alone (a WAL
+database needs a shared-memory file SQLite cannot create on a full disk) or, when even that
+fails, keeps the data in memory for this run.
 """
 
 from __future__ import annotations
@@ -12,20 +18,91 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
-__all__ = ["SqliteWorker", "StoreCorrupt"]
+from gatewayd.store.access import (
+    SIDE_FILES,
+    StateLocked,
+    Trouble,
+    check_access,
+    classify,
+    denied,
+)
+
+__all__ = ["Damaged", "SqliteWorker", "move_aside", "open_sqlite"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class StoreCorrupt(Exception):
-    """The file failed its integrity check; it was moved aside."""
+class Damaged(Exception):
+    """SQLite can open the file, and it fails its integrity check (or is not a database)."""
+
+
+def open_sqlite(path: Path, pragmas: Sequence[str]) -> tuple[sqlite3.Connection, str | None]:
+    """Open `path`, set `pragmas`, run SQLite's quick check.
+
+    Returns the connection and, when the disk refused the shared-memory file, why it was
+    opened in exclusive locking mode instead (else None).
+
+    Raises:
+        Damaged: the file is not a database or fails the quick check.
+        StateAccessDenied: this user may not read or write it.
+        StateLocked: another process holds a lock on it.
+        sqlite3.Error: of the disk kind (full, I/O) even in exclusive mode.
+    """
+    check_access(path)
+    exclusive: str | None = None
+    while True:
+        try:
+            return _attempt(path, pragmas, exclusive=exclusive is not None), exclusive
+        except sqlite3.Error as exc:
+            kind = classify(exc)
+            if kind is Trouble.DAMAGE:
+                raise Damaged(str(exc)) from exc
+            if kind is Trouble.ACCESS:
+                raise denied(path, str(exc)) from exc
+            if kind is Trouble.LOCKED:
+                msg = f"{path} is locked by another process ({exc})"
+                raise StateLocked(msg) from exc
+            if kind is Trouble.DISK and exclusive is None:
+                exclusive = str(exc)
+                log.warning(
+                    "%s: %s; opening it in exclusive mode (no shared-memory file)", path, exc
+                )
+                continue
+            raise
+
+
+def _attempt(path: Path, pragmas: Sequence[str], *, exclusive: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    try:
+        if exclusive:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # the WAL index in heap memory
+        for pragma in pragmas:
+            conn.execute(pragma)
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    if rows != [("ok",)]:
+        conn.close()
+        raise Damaged("; ".join(str(row[0]) for row in rows[:3]))
+    return conn
+
+
+def move_aside(path: Path, tag: str) -> Path:
+    """Rename the file and its WAL files to `<name>.<tag>-<unix time>`; returns the new path."""
+    aside = path.with_name(f"{path.name}.{tag}-{int(time.time())}")
+    for suffix in ("", *SIDE_FILES):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{aside}{suffix}"))
+    return aside
 
 
 class SqliteWorker:
@@ -45,11 +122,24 @@ class SqliteWorker:
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
-        self.moved_aside: Path | None = None
+        self.moved_aside: Path | None = None  # a damaged file, set aside at open
+        self.damage = ""  # what SQLite said about it
+        self.was_empty = False  # the file existed with 0 bytes
+        self.exclusive: str | None = None  # why it is open for this process alone
+        self.in_memory: str | None = None  # why the data is kept in memory for this run
 
     async def open(self, schema: Callable[[sqlite3.Connection], None]) -> None:
-        """Open (checking integrity first) and bring the schema up to date."""
-        await self._run(self._open_sync, schema)
+        """Open (checking integrity first) and bring the schema up to date.
+
+        Raises:
+            StateAccessDenied: a file this user may not read or write (left untouched).
+            StateLocked: another process holds a lock on the file.
+        """
+        try:
+            await self._run(self._open_sync, schema)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(connection)` on the worker thread and return its result."""
@@ -79,46 +169,44 @@ class SqliteWorker:
 
     def _open_sync(self, schema: Callable[[sqlite3.Connection], None]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size == 0:
+            self.was_empty = True
+            log.warning("%s is empty (0 bytes): starting it as a new file", self.path)
+        pragmas = (
+            "PRAGMA auto_vacuum=INCREMENTAL",  # only effective on a new file
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={self._synchronous}",
+            "PRAGMA journal_size_limit=67108864",
+        )
         try:
-            conn: sqlite3.Connection | None = self._connect()
-        except sqlite3.DatabaseError:
-            conn = None
-        if conn is None or not _intact(conn):
-            if conn is not None:
-                conn.close()
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(Path(f"{aside}{suffix}"))
-            self.moved_aside = aside
-            log.error(
-                "%s failed its integrity check: moved aside to %s, starting with an empty store",
-                self.path,
-                aside,
+            try:
+                conn, self.exclusive = open_sqlite(self.path, pragmas)
+            except Damaged as exc:
+                self.damage = str(exc)
+                self.moved_aside = move_aside(self.path, "damaged")
+                log.error(  # noqa: TRY400 - the damage is the message, not a traceback
+                    "%s failed its integrity check (%s): moved aside to %s",
+                    self.path,
+                    exc,
+                    self.moved_aside,
+                )
+                conn, self.exclusive = open_sqlite(self.path, pragmas)
+        except sqlite3.Error as exc:  # the disk: full or failing, even for this process alone
+            self.in_memory = str(exc)
+            log.error(  # noqa: TRY400 - weather, not a bug
+                "%s cannot be opened (%s): keeping its data in memory for this run", self.path, exc
             )
-            conn = self._connect()
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=True)
         schema(conn)
         self._conn = conn
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective on a new file
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA journal_size_limit=67108864")
-        return conn
-
     def _close_sync(self) -> None:
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a full disk: the WAL stays, SQLite replays it at open
+            log.warning("%s: checkpoint at close failed: %s", self.path, exc)
+        finally:
             self._conn.close()
             self._conn = None
-
-
-def _intact(conn: sqlite3.Connection) -> bool:
-    try:
-        row = conn.execute("PRAGMA quick_check").fetchone()
-    except sqlite3.DatabaseError:
-        return False
-    return bool(row and row[0] == "ok")

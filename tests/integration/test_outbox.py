@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from gatewayd.health import Health
 from gatewayd.settings import OutboxConfig
 from gatewayd.store.outbox import OutboxFull, open_outbox
 from tests.helpers import ROOT, daemon_env
@@ -24,13 +25,14 @@ async def test_records_survive_a_reopen_in_order_with_their_record_ids(tmp_path)
         first = await outbox.fetch({}, 3)
         for record in first:
             outbox.ack(record.id)
+    instance, start = boot.split(".")
     async with open_outbox(path, OutboxConfig()) as outbox:
-        assert outbox.boot == boot + 1
+        assert outbox.boot == f"{instance}.{int(start) + 1}"
         rest = await outbox.fetch({}, 100)
         assert [r.record_id for r in rest] == ids[3:]
         assert [json.loads(r.payload)["n"] for r in rest] == list(range(3, 10))
         new = await outbox.append("d1", "telemetry", b"{}")
-        assert new == f"{boot + 1}-1"
+        assert new == f"{instance}.{int(start) + 1}-1"
 
 
 async def test_fetch_interleaves_devices_and_keeps_order_within_each(tmp_path):
@@ -74,21 +76,69 @@ async def test_reject_new_refuses_with_a_clear_error_and_counts_it(tmp_path):
         assert len(await outbox.fetch({}, 100)) == 10
 
 
-async def test_free_disk_floor_refuses_new_records(tmp_path):
+async def test_below_the_free_disk_floor_records_are_held_in_memory_and_sent(tmp_path):
     free = [10**9]
+    store = Health().component("store")
     config = OutboxConfig(min_free_bytes=10**6)
-    async with open_outbox(tmp_path / "o.db", config, disk_free=lambda: free[0]) as outbox:
+    async with open_outbox(
+        tmp_path / "o.db", config, disk_free=lambda: free[0], health=store, memory_bytes=1000
+    ) as outbox:
         await outbox.append("a", "telemetry", b"1")
         free[0] = 10
         outbox.check_disk()
-        with pytest.raises(OutboxFull, match="min_free_bytes"):
-            await outbox.append("a", "telemetry", b"2")
+        assert "min_free_bytes (1000000)" in store.problems["outbox.disk"]
+        await outbox.append("a", "telemetry", b"2")  # held, not written: returns at once
+        await outbox.put("a", "telemetry", b"3")
+        got = await outbox.fetch({}, 10)
+        assert [r.payload for r in got] == [b"1", b"2", b"3"]
+        outbox.ack(got[1].id)  # acknowledged while held: never written
+        await outbox.flush()
+        assert outbox.depth == 1
         free[0] = 10**9
         outbox.check_disk()
-        await outbox.append("a", "telemetry", b"3")
-        stats = await outbox.stats()
-        assert stats.records == 2
-        assert stats.drops == {"disk_floor": {"a": 1}}
+        assert "outbox.disk" not in store.problems
+        await outbox.flush()
+        assert [r.payload for r in await outbox.fetch({}, 10)] == [b"1", b"3"]
+        assert outbox.depth == 2
+        assert outbox.unwritten == 1
+        assert (await outbox.stats()).drops == {}
+
+
+async def test_held_records_beyond_the_memory_bound_are_dropped_counted_and_reported(tmp_path):
+    free = [10]
+    store = Health().component("store")
+    config = OutboxConfig(min_free_bytes=10**6, durability="full")
+    async with open_outbox(
+        tmp_path / "o.db", config, disk_free=lambda: free[0], health=store, memory_bytes=1000
+    ) as outbox:
+        for i in range(20):
+            await outbox.put("a", "telemetry", b"%03d" % i + b"x" * 97)
+        assert [r.payload[:3] for r in await outbox.fetch({}, 100)] == [
+            b"%03d" % i for i in range(10, 20)
+        ]
+        assert (await outbox.stats()).drops == {"disk_floor": {"a": 10}}
+        async with asyncio.timeout(5):
+            while "outbox.drops" not in store.problems:
+                await asyncio.sleep(0.05)
+        assert "disk_floor 10" in store.problems["outbox.drops"]
+        free[0] = 10**9
+        outbox.check_disk()
+        await outbox.flush()
+        assert outbox.depth == 10
+        assert (await outbox.stats()).drops == {"disk_floor": {"a": 10}}
+
+
+async def test_reject_new_at_the_memory_bound_refuses_the_new_record(tmp_path):
+    config = OutboxConfig(min_free_bytes=10**6, policy="reject_new")
+    async with open_outbox(
+        tmp_path / "o.db", config, disk_free=lambda: 10, memory_bytes=250
+    ) as outbox:
+        await outbox.put("a", "telemetry", b"x" * 100)
+        await outbox.put("a", "telemetry", b"x" * 100)
+        with pytest.raises(OutboxFull, match="held in memory"):
+            await outbox.put("a", "telemetry", b"x" * 100)
+        assert outbox.held == 2
+        assert (await outbox.stats()).drops == {"disk_floor": {"a": 1}}
 
 
 async def test_records_older_than_max_age_are_dropped_and_counted(tmp_path):
@@ -138,7 +188,8 @@ def test_an_append_that_returned_survives_sigkill(tmp_path, durability):
         f"""
         import asyncio, sys
         from pathlib import Path
-        from gatewayd.settings import OutboxConfig
+        from gatewayd.health import Health
+from gatewayd.settings import OutboxConfig
         from gatewayd.store.outbox import open_outbox
 
         async def main():

@@ -1,25 +1,59 @@
-"""Nothing half-merged ships: no conflict markers in any tracked text file."""
+"""Nothing half-merged ships, and the repository stands on its own.
+
+No conflict markers in any tracked text file, and no tracked file points outside the
+repository for what a contributor needs: no sibling `shared` directory, no design, style or
+testing notes that are not in it, no cloud API named only by a number. What those notes held
+is in docs/architecture.md, docs/testing.md and docs/style.md; the cloud APIs are named by what
+they are (IoTDA's device registration, the device MQTT API).
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from tests.helpers import ROOT
 
 MARKERS = ("<" * 7 + " ", ">" * 7 + " ")
+# Written so that this file does not match itself; our own docs/testing.md is lower case.
+OUTSIDE = re.compile(r"(?i:\.\./shared|\bseeds? 00\d)|\b(DESIGN|STYLE|TESTING)\.md\b")
 
 
-def test_no_conflict_markers():
+def _tracked_texts() -> list[tuple[str, str]]:
     files = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    found = []
+    texts = []
     for name in files:
-        path = ROOT / name
         try:
-            text = path.read_text(encoding="utf-8")
+            texts.append((name, (ROOT / name).read_text(encoding="utf-8")))
         except (UnicodeDecodeError, OSError):
             continue
+    return texts
+
+
+def outside_references(text: str) -> list[int]:
+    """Line numbers that cite something outside the repository."""
+    return [n for n, line in enumerate(text.splitlines(), 1)
+            if OUTSIDE.search(line)]  # fmt: skip
+
+
+def test_no_conflict_markers():
+    found = []
+    for name, text in _tracked_texts():
         found += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1)
                   if line.startswith(MARKERS)]  # fmt: skip
     assert not found, found
+
+
+def test_no_file_cites_notes_outside_the_repository():
+    found = [f"{name}:{n}" for name, text in _tracked_texts() for n in outside_references(text)]
+    assert not found, found
+
+
+def test_outside_references_are_recognised():
+    cited = ["see ../" + "shared/x", "DESIGN" + ".md 4.1", "(STYLE" + ".md", "TESTING" + ".md",
+             "seed " + "004's rules", "Seeds " + "000/001"]  # fmt: skip
+    assert outside_references("\n".join(cited)) == list(range(1, len(cited) + 1))
+    own = ["docs/testing.md", "[style](style.md)", "a random seed 7", "seed = 0042"]
+    assert outside_references("\n".join(own)) == []
