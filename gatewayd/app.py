@@ -317,6 +317,8 @@ def _store_detail(store: Store, outbox: Outbox) -> str:
     parts = [str(store.db.path), str(outbox.worker.path)]
     if store.db.moved_aside is not None:
         parts.append(f"damaged state file moved to {store.db.moved_aside}")
-    if outbox.worker.moved_aside is not None:
-        parts.append(f"damaged outbox moved to {outbox.worker.moved_aside}")
+    if outbox.salvage is not None:
+        parts.append(outbox.salvage.describe())
+    if outbox.worker.was_empty:
+        parts.append("the outbox file was empty (0 bytes) at start")
     return "; ".join(parts)
