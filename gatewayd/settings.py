@@ -154,9 +154,19 @@ class OutboxConfig(_Section):
         ge=0,
         description=(
             "Free-disk floor of the state directory's file system: below it new records are "
-            "not written but held in memory (8 MiB at most, the policy applies beyond) and "
+            "not written but held in memory (held_max_bytes at most, the policy beyond) and "
             "sent from there. Unset: 2 % of the file system's size, at most 64 MiB (a 100 MB "
             "partition gets 2 MB)."
+        ),
+    )
+    held_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Most payload bytes held in memory while the disk takes no records (below "
+            "min_free_bytes, full, or failing); beyond it the policy applies (drop_oldest "
+            "drops the oldest held records, reject_new refuses new ones), and every drop is "
+            "counted."
         ),
     )
 

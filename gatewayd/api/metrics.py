@@ -62,6 +62,7 @@ async def render(health: Health, outbox: Outbox, uplink: object = None) -> str:
     _family(lines, "gatewayd_outbox_unwritten_total", "counter",
             "records the broker acknowledged before they were written (never on disk)",
             [("", outbox.unwritten)])  # fmt: skip
+    _outbox_storage(lines, outbox)
     _family(lines, "gatewayd_outbox_drops_total", "counter", "records dropped, by reason",
             ((f'reason="{_esc(reason)}",device="{_esc(device)}"', n)
              for reason, by_device in sorted(stats.drops.items())
@@ -76,6 +77,25 @@ async def render(health: Health, outbox: Outbox, uplink: object = None) -> str:
                 "downlinks received, by result: ok, invalid (refused by validation), failed",
                 ((f'result="{_esc(str(r))}"', n) for r, n in downlinks.items()))  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _outbox_storage(lines: list[str], outbox: Outbox) -> None:
+    """Records held in memory (the disk takes none), and what a damaged file gave back."""
+    _family(lines, "gatewayd_outbox_held_records", "gauge",
+            "records appended and not written (held back, or held while the disk takes none)",
+            [("", outbox.held)])  # fmt: skip
+    _family(lines, "gatewayd_outbox_disk_refused", "gauge",
+            "1 while new records are held in memory, by why (disk_floor, disk_full)",
+            [(f'reason="{r}"', int(outbox.holding == r))
+             for r in ("disk_floor", "disk_full")])  # fmt: skip
+    salvaged = outbox.salvage
+    lost = (-1 if salvaged.lost is None else salvaged.lost) if salvaged else 0
+    _family(lines, "gatewayd_outbox_salvaged_records", "gauge",
+            "records copied from a damaged outbox file at this start",
+            [("", salvaged.records if salvaged else 0)])  # fmt: skip
+    _family(lines, "gatewayd_outbox_salvage_lost_records", "gauge",
+            "records of a damaged outbox file that could not be read (-1: unknown)",
+            [("", lost)])  # fmt: skip
 
 
 def _family(

@@ -12,7 +12,7 @@ every drop is counted by reason and device, logged at most every 10 s, and shown
 of the `store` component in /healthz until no record was dropped for 10 s.
 
 Below the free-disk floor (`min_free_bytes`), or while the disk refuses writes (full, I/O
-errors), new records are not written: they are held in memory (`MEMORY_BYTES` at most, the
+errors), new records are not written: they are held in memory (`held_max_bytes` at most, the
 outbox policy applied beyond that) and sent from there; those the broker acknowledges are
 never written, the others are written once the disk takes them again. Housekeeping that
 fails (the age bound, the WAL sync) is retried; the daemon goes on.
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 1.0
 PUT_AHEAD_BYTES = 4 * 1024 * 1024  # records put() without waiting for their commit
-MEMORY_BYTES = 8 * 1024 * 1024  # records held in memory while the disk takes nothing
 RETRY_S = 1.0  # a write the disk refused is tried again after this long
 DROPS_QUIET_S = 10.0  # drops are reported (log, /healthz) until this long without one
 FLOOR_FRACTION = 50  # the automatic floor: 1/50 of the file system ...
@@ -113,7 +112,8 @@ class Outbox:
         tail_bytes: memory bound of the tail of unacknowledged records.
         floor: the free-disk floor in bytes (`min_free_bytes`, resolved).
         health: the `store` component, for problems (disk, drops); None in tests.
-        memory_bytes: bound of the records held in memory while the disk takes nothing.
+        memory_bytes: bound of the records held in memory while the disk takes nothing
+            (`held_max_bytes` unless given).
     """
 
     def __init__(  # noqa: PLR0913 - collaborators and bounds, all injected
@@ -127,7 +127,7 @@ class Outbox:
         tail_bytes: int = TAIL_BYTES,
         floor: int | None = None,
         health: Component | None = None,
-        memory_bytes: int = MEMORY_BYTES,
+        memory_bytes: int | None = None,
     ) -> None:
         self.worker = worker
         self._tables = tables
@@ -156,7 +156,7 @@ class Outbox:
         self._prefix = f"{tables.run_id}-"
         self.floor: int = floor if floor is not None else config.min_free_bytes or 0
         self._health = health
-        self._memory_bytes = memory_bytes
+        self._memory_bytes = config.held_max_bytes if memory_bytes is None else memory_bytes
         # Why new records are held in memory and not written: None (they are written),
         # "disk_floor" (free disk below the floor) or "disk_full" (the disk refused a write).
         self._memory: str | None = None
@@ -722,7 +722,7 @@ async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
     schema: Callable[[sqlite3.Connection], None] | None = None,
     clock: Callable[[], float] = time.time,
     tail_bytes: int = TAIL_BYTES,
-    memory_bytes: int = MEMORY_BYTES,
+    memory_bytes: int | None = None,
 ) -> AsyncIterator[Outbox]:
     """Open the file, run the commit loop while the block runs, then flush and close.
 
@@ -738,7 +738,8 @@ async def open_outbox(  # noqa: PLR0913 - the file, its bounds and test seams
         schema: more tables kept in the same file (downlink state), created at open.
         clock: wall clock for record ages (injectable for tests).
         tail_bytes: memory bound of the tail of unacknowledged records (small in tests).
-        memory_bytes: bound of records held in memory while the disk takes none.
+        memory_bytes: bound of records held in memory while the disk takes none
+            (`held_max_bytes` unless given).
 
     Raises:
         StateAccessDenied: the file exists and this user may not read or write it.
