@@ -93,7 +93,7 @@ def test_changelog_version_is_the_project_version():
     assert first.startswith(f"gatewayd ({project}) ")
 
 
-def test_unit_has_what_design_section_9_asks_for():
+def test_unit_is_notify_restarting_sandboxed_and_allowed_its_devices():
     unit = _unit_settings()
     assert unit["Type"] == ["notify"]
     assert unit["WatchdogSec"]
@@ -255,3 +255,26 @@ def test_built_deb_bytecode_never_goes_stale(tmp_path):
     # PEP 552 flags word: bit 0 = hash-based, bit 1 = check the source. Unchecked hash: 0b01.
     flags = {int.from_bytes(p.read_bytes()[4:8], "little") for p in pycs}
     assert flags == {1}
+
+
+# What an operator reads on the gateway, from /usr/share/doc/gatewayd/.
+OPERATOR_DOCS = {
+    "README.md",
+    "docs/operations.md",
+    "docs/configuration.md",
+    "docs/api.md",
+    "docs/protocol.md",
+}
+
+
+def test_operator_docs_are_listed_for_the_package_and_exist():
+    listed = (PACKAGING / "debian" / "gatewayd.docs").read_text().split()
+    assert [doc for doc in listed if not (ROOT / doc).is_file()] == []
+    assert OPERATOR_DOCS - set(listed) == set()
+
+
+def test_built_deb_ships_the_operator_docs(tmp_path):
+    deb = _built_deb()
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True, timeout=120)
+    shipped = {p.name for p in (tmp_path / "usr" / "share" / "doc" / "gatewayd").iterdir()}
+    assert {Path(doc).name for doc in OPERATOR_DOCS} <= shipped

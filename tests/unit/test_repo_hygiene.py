@@ -57,3 +57,12 @@ def test_outside_references_are_recognised():
     assert outside_references("\n".join(cited)) == list(range(1, len(cited) + 1))
     own = ["docs/testing.md", "[style](style.md)", "a random seed 7", "seed = 0042"]
     assert outside_references("\n".join(own)) == []
+
+
+def test_readme_links_every_doc_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = set(re.findall(r"\]\(([^)#]+)\)", readme))
+    local = {link for link in links if "://" not in link}
+    assert [link for link in sorted(local) if not (ROOT / link).exists()] == []
+    docs = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
+    assert sorted(docs - local) == []
