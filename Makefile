@@ -10,19 +10,42 @@ PYTEST_ARGS ?=
 
 .PHONY: deps venv lint test demo bench docs clean deb-deps deb package-check constraints
 
-# $(call apt_install,PACKAGES): install those of PACKAGES that are missing.
+# $(call apt_install,PACKAGES): install those of PACKAGES that are missing, and leave the
+# host's services as they were: no service starts during the install (a policy-rc.d that
+# denies starts, unless the host has its own), and a unit that the install enabled (Debian
+# enables a packaged service, e.g. mosquitto.service) is disabled again. Units the host had
+# enabled before stay enabled; the demo and the tests start their own broker.
+SYSTEMD_ETC ?= /etc/systemd/system
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
 define apt_install
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+		$$SUDO apt-get update -qq || exit 1; \
+		enabled() { find $(SYSTEMD_ETC) -path '*.wants/*' -printf '%f\n' 2>/dev/null | sort -u; }; \
+		before=$$(enabled); policy=; \
+		if [ ! -e $(POLICY_RC_D) ]; then \
+			printf '%s\n' '#!/bin/sh' 'exit 101' | $$SUDO tee $(POLICY_RC_D) >/dev/null \
+				&& $$SUDO chmod 755 $(POLICY_RC_D) && policy=ours; \
+		fi; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+			$$missing; status=$$?; \
+		if [ "$$policy" = ours ]; then $$SUDO rm -f $(POLICY_RC_D); fi; \
+		[ $$status = 0 ] || exit $$status; \
+		new=; for unit in $$(enabled); do \
+			printf '%s\n' "$$before" | grep -qxF "$$unit" || new="$$new $$unit"; done; \
+		if [ -n "$$new" ]; then \
+			echo "disabling what the install enabled:$$new"; \
+			if command -v systemctl >/dev/null; then $$SUDO systemctl disable --quiet $$new; \
+			else $$SUDO deb-systemd-helper disable $$new; fi; \
+			if [ -d /run/systemd/system ]; then $$SUDO systemctl stop $$new || true; fi; \
+		fi; \
 	fi
 endef
 
-deps:  ## Debian packages the tests and the demo need (skipped when all are installed)
+deps:  ## Debian packages the tests and the demo need (skipped when installed); no service started
 	$(call apt_install,$(APT_PACKAGES))
 
 venv: $(VENV)/.installed
