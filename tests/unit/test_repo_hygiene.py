@@ -66,3 +66,13 @@ def test_readme_links_every_doc_and_every_link_resolves():
     assert [link for link in sorted(local) if not (ROOT / link).exists()] == []
     docs = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
     assert sorted(docs - local) == []
+
+
+def test_benchmarks_page_starts_with_the_latest_figure_of_every_benchmark():
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    top = text.split("\n## ")[1]
+    assert top.startswith("Latest figures"), top[:80]
+    rows = [line.split("|")[1].strip() for line in top.splitlines() if line.startswith("| ")]
+    named = {row.split()[0] for row in rows if row}
+    benchmarks = {p.stem for p in (ROOT / "benchmarks").glob("[!_]*.py")}
+    assert sorted(benchmarks - named) == []
