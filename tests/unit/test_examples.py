@@ -9,6 +9,7 @@ conf.d as a site would, and every warning logged on the way is a failure.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -103,6 +104,7 @@ def test_the_check_sees_what_a_site_would_be_warned_about(tmp_path):
     ]
 
 
+@functools.cache
 def _has_strict_check() -> bool:
     return "--strict" in run_gatewayd("check-config", "--help").stdout
 
