@@ -13,13 +13,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from gatewayd import __version__
-from gatewayd.config_load import InvalidConfig, load_settings
+from gatewayd.config_load import InvalidConfig, load_config, load_settings
 from gatewayd.errors import EX_CONFIG, ConfigError, StartupError
 from gatewayd.logs import setup_logging
 from gatewayd.products import ProductError, load_products
@@ -28,6 +29,7 @@ from gatewayd.settings import Settings
 __all__ = ["EX_CONFIG", "EX_INTERRUPTED", "main", "startup_errors"]
 
 EX_INTERRUPTED = 130  # the shell's status for SIGINT, when it comes before the loop runs
+EX_BROKEN_PIPE = 141  # the shell's status for a command whose reader went away (SIGPIPE)
 DEFAULT_CONFIG = Path("/etc/gatewayd/gatewayd.yaml")
 
 log = logging.getLogger("gatewayd")
@@ -41,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "print-schema":
-        print(json.dumps(Settings.model_json_schema(), indent=2))  # noqa: T201
-        return 0
+        return _print_quietly(json.dumps(Settings.model_json_schema(), indent=2) + "\n")
     if args.command == "demo":
         from gatewayd.demo import run_demo  # noqa: PLC0415 - only the demo needs its imports
 
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(args.config, [str(p) for p in exc.problems])
         return EX_CONFIG
     if args.command == "check-config":
-        print(f"{args.config}: configuration OK")  # noqa: T201
-        return 0
+        return _check_config(args.config, strict=args.strict)
     return _run(settings)
 
 
@@ -69,9 +69,44 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+        if name == "check-config":
+            cmd.add_argument(
+                "--strict", action="store_true", help="warnings are errors too (exit 78)"
+            )
     sub.add_parser("print-schema", help="print the configuration's JSON schema")
     sub.add_parser("demo", help="run a local broker, a simulated device and the daemon")
     return parser
+
+
+def _check_config(path: Path, *, strict: bool) -> int:
+    """Warnings (devices and points no product file describes) go to stderr; strict: 78."""
+    loaded = load_config(path)  # valid: main() loaded it already
+    warnings = [str(w) for w in loaded.product_warnings(load_products(loaded.settings.products))]
+    if warnings and strict:
+        _print_problems(path, warnings)
+        return EX_CONFIG
+    for warning in warnings:
+        print(f"gatewayd: warning: {warning}", file=sys.stderr)  # noqa: T201
+    print(f"{path}: configuration OK")  # noqa: T201
+    return 0
+
+
+def _print_quietly(text: str) -> int:
+    """Write to stdout; a reader that stops early (`| head`) ends the command quietly.
+
+    Returns:
+        0, or 141 (128 + SIGPIPE, what a shell reports for a command its pipe closed).
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout's buffer would fail again when Python flushes it at exit: point it elsewhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_BROKEN_PIPE
+    return 0
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

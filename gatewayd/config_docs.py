@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from gatewayd.config_yaml import MAX_DEPTH, MAX_INT_CHARS, MAX_NODES
+from gatewayd.driver import MIN_INTERVAL_S
 from gatewayd.registry import BUILTIN
 from gatewayd.settings import Settings
 
@@ -36,6 +38,7 @@ def render_reference() -> str:
         "are errors. `gatewayd check-config -c FILE` validates and exits 78 on any error.",
         "`gatewayd print-schema` prints the JSON schema for editors.",
         "",
+        *_refusals(),
         "| key | type | default | meaning |",
         "| --- | --- | --- | --- |",
     ]
@@ -73,6 +76,43 @@ def render_reference() -> str:
             lines.extend(_rows(f"connections.ID.devices.ID.points.ID.{name}", field))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _refusals() -> list[str]:
+    """What is refused although each key alone may look fine: the rules, with their bounds."""
+    return [
+        "## What is refused",
+        "",
+        "Every problem is reported with its file and line (or its environment variable) and",
+        "its key path, all at once, and `gatewayd run` exits 78 on the same problems, so",
+        "systemd does not restart it. Besides a wrong type or value and an unknown key:",
+        "",
+        "- a key written twice in one mapping (YAML would keep the second silently); keys that",
+        "  YAML reads as numbers or booleans (`1:`, `on:`): quote them;",
+        (
+            f"- a document nested deeper than {MAX_DEPTH} levels, holding more than "
+            f"{MAX_NODES:,} values once"
+        ),
+        "  aliases are expanded, or with an alias inside the value it names; an integer longer",
+        f"  than {MAX_INT_CHARS} characters; a date that does not exist; a byte that is not UTF-8;",
+        "- a `GATEWAYD_*` variable whose first part is not a top-level key, and a variable that",
+        "  sets a whole section as JSON (`GATEWAYD_CONNECTIONS='{...}'`) that is not JSON;",
+        "- a value that is not implemented: `cloud.dialect` is `native` only;",
+        f"- `interval_s` below {MIN_INTERVAL_S} s (no field bus answers faster; below it a poll",
+        "  is a busy loop);",
+        "- `state_dir` naming a file (or a path under a file);",
+        "- the same physical device in two connections (the same Modbus TCP host, port and",
+        "  `unit_id`, or the same Bluetooth address), one serial port in two connections, and",
+        "  two devices with the same registry device id (`{product_id}_{node_id}`). Devices",
+        "  sharing one unit id (one meter read as several devices) go under one connection.",
+        "",
+        "`check-config` also warns about a device whose `product_id` has no product file and a",
+        "point that is not a property of its device's product (at run time its values would be",
+        "reported as bad); `check-config --strict` makes these warnings errors (exit 78).",
+        "",
+        "## Keys",
+        "",
+    ]
 
 
 def _rows(path: str, field: FieldInfo) -> list[str]:

@@ -1,26 +1,40 @@
 """Reading the configuration: main YAML, conf.d in name order, environment, secret files.
 
-pydantic reports the key path of an error but not the file it came from, so the merge keeps
-the provenance of every key and the error report names the file (or the environment variable)
-that set it.
+pydantic reports the key path of an error but not the file it came from, so every file keeps
+the line of each of its keys (`gatewayd.config_yaml`) and the error report names the file and
+line (or the environment variable) that set it. What no single key can show (the same device
+in two connections, a state directory that is a file) is checked once the models are valid
+(`gatewayd.config_checks`), and reported the same way.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from gatewayd.config_checks import Finding, conflict_findings, product_findings
+from gatewayd.config_yaml import YamlDocument, YamlProblem, read_yaml
 from gatewayd.errors import ConfigError
+from gatewayd.products import ProductCatalog
 from gatewayd.registry import BUILTIN
 from gatewayd.settings import Settings
 
-__all__ = ["ConfigProblem", "InvalidConfig", "load_settings", "read_secret"]
+__all__ = [
+    "ConfigProblem",
+    "InvalidConfig",
+    "LoadedConfig",
+    "load_config",
+    "load_settings",
+    "read_secret",
+]
 
 _DRIVER_KINDS = frozenset(spec.kind for spec in BUILTIN)
 _ENV_PREFIX = "GATEWAYD_"
@@ -28,15 +42,17 @@ _ENV_PREFIX = "GATEWAYD_"
 
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
-    """One thing wrong with the configuration."""
+    """One thing wrong with the configuration: where (file or variable, line, key) and why."""
 
     source: str
     path: str
     reason: str
+    line: int | None = None
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        return f"{self.source}: {where}{self.reason}"
+        at = f" (line {self.line})" if self.line is not None else ""
+        return f"{self.source}: {where}{self.reason}{at}"
 
 
 class InvalidConfig(ConfigError):
@@ -47,32 +63,67 @@ class InvalidConfig(ConfigError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """Valid settings, and where each of their keys was written (for later findings)."""
+
+    settings: Settings
+    files: tuple[tuple[str, YamlDocument], ...]
+    main_file: str
+
+    def problem(self, finding: Finding) -> ConfigProblem:
+        """The finding at the file (or variable) and line that set its key."""
+        source, line = _where(finding.path, self.files, os.environ, self.main_file)
+        return ConfigProblem(source, ".".join(finding.path), finding.reason, line)
+
+    def product_warnings(self, products: ProductCatalog) -> list[ConfigProblem]:
+        """Devices and points the product files do not describe (see `product_findings`)."""
+        return [self.problem(f) for f in product_findings(self.settings, products)]
+
+
 def load_settings(path: Path) -> Settings:
     """Load and validate the configuration rooted at `path`, with `GATEWAYD_*` overrides.
 
     Raises:
-        InvalidConfig: listing every problem with its file and key path.
+        InvalidConfig: listing every problem with its file, line and key path.
+    """
+    return load_config(path).settings
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """`load_settings`, keeping where every key was written.
+
+    Raises:
+        InvalidConfig: listing every problem with its file, line and key path.
     """
     env = os.environ
-    files = _config_files(path)
-    merged: dict[str, Any] = {}
-    origin: dict[tuple[str, ...], str] = {}
+    main_file = str(path)
+    docs: list[tuple[str, YamlDocument]] = []
     problems: list[ConfigProblem] = []
-    for file in files:
+    for file in _config_files(path):
         try:
-            data = _read_yaml(file)
-        except ConfigError as exc:
-            problems.append(ConfigProblem(str(file), "", str(exc)))
-            continue
-        _merge(merged, data, (), str(file), origin)
+            docs.append((str(file), read_yaml(file)))
+        except YamlProblem as exc:
+            problems.append(ConfigProblem(str(file), ".".join(exc.path), exc.reason, exc.line))
+    problems += _unknown_variables(env)
     if problems:
         raise InvalidConfig(problems)
+    merged: dict[str, Any] = {}
+    for _, doc in docs:
+        _merge(merged, doc.data)
     merged = _resolve_paths(merged, path.parent)
+    files = tuple(docs)
     try:
         settings = _build(merged)
     except ValidationError as exc:
-        raise InvalidConfig(_explain(exc, origin, env, str(path))) from None
-    return settings
+        raise InvalidConfig(_explain(exc, files, env, main_file)) from None
+    except SettingsError as exc:
+        raise InvalidConfig(_unparsable_variables(exc, env)) from None
+    loaded = LoadedConfig(settings, files, main_file)
+    conflicts = [loaded.problem(f) for f in conflict_findings(settings)]
+    if conflicts:
+        raise InvalidConfig(conflicts)
+    return loaded
 
 
 def read_secret(path: Path, environ: Mapping[str, str] | None = None) -> str:
@@ -98,46 +149,54 @@ def _config_files(path: Path) -> list[Path]:
     return [path, *extra]
 
 
-def _read_yaml(file: Path) -> dict[str, Any]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"the top level must be a mapping, not {type(data).__name__}")
-    return data
+def _unknown_variables(env: Mapping[str, str]) -> list[ConfigProblem]:
+    """A `GATEWAYD_*` variable naming no top-level key is refused, as an unknown YAML key is.
+
+    (Keys below the top level are checked by the models; pydantic-settings alone would skip
+    a variable whose first part names no field, and the setting would silently not apply.)
+    """
+    sections = frozenset(Settings.model_fields)
+    problems = []
+    for name in sorted(env):
+        if not name.lower().startswith(_ENV_PREFIX.lower()):
+            continue
+        parts = name[len(_ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in sections:
+            reason = (
+                f"no such setting: {parts[0] or '(empty)'!r} is not a top-level key "
+                f"(those are {', '.join(sorted(sections))})"
+            )
+            problems.append(ConfigProblem(f"environment {name}", ".".join(parts), reason))
+    return problems
 
 
-def _merge(
-    into: dict[str, Any],
-    data: dict[str, Any],
-    prefix: tuple[str, ...],
-    source: str,
-    origin: dict[tuple[str, ...], str],
-) -> None:
+def _unparsable_variables(exc: SettingsError, env: Mapping[str, str]) -> list[ConfigProblem]:
+    """pydantic-settings names the field whose variable is not JSON; name the variable."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    problems = []
+    for name in sorted(env):
+        lowered = name.lower()
+        target = (_ENV_PREFIX + field).lower()
+        if field and (lowered == target or lowered.startswith(target + "__")):
+            try:
+                json.loads(env[name])
+            except ValueError as bad:
+                path = ".".join(lowered[len(_ENV_PREFIX) :].split("__"))
+                reason = f"a section is set as JSON, and this is not JSON: {bad}"
+                problems.append(ConfigProblem(f"environment {name}", path, reason))
+    if not problems:
+        problems.append(ConfigProblem("environment", field, str(exc)))
+    return problems
+
+
+def _merge(into: dict[str, Any], data: dict[str, Any]) -> None:
     """Deep-merge mappings; anything else (lists included) is replaced whole."""
     for key, value in data.items():
-        here = (*prefix, str(key))
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value, here, source, origin)
+            _merge(into[key], value)
         else:
             into[key] = _copy(value)
-            _mark(value, here, source, origin)
-
-
-def _mark(
-    value: Any, here: tuple[str, ...], source: str, origin: dict[tuple[str, ...], str]
-) -> None:
-    origin[here] = source
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _mark(sub, (*here, str(key)), source, origin)
 
 
 def _copy(value: Any) -> Any:
@@ -162,16 +221,24 @@ def _build(merged: dict[str, Any]) -> Settings:
 
 def _explain(
     exc: ValidationError,
-    origin: dict[tuple[str, ...], str],
+    files: tuple[tuple[str, YamlDocument], ...],
     env: Mapping[str, str],
     main_file: str,
 ) -> list[ConfigProblem]:
     problems = []
     for error in exc.errors():
         loc = _clean_loc(error["loc"])
-        problems.append(
-            ConfigProblem(_source_of(loc, origin, env, main_file), ".".join(loc), error["msg"])
-        )
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        if not loc:  # a check of the whole file names its key path first
+            lifted = re.match(r"^([\w.:-]+): (.*)$", msg, re.DOTALL)
+            if lifted:
+                loc, msg = tuple(lifted.group(1).split(".")), lifted.group(2)
+        if error["type"] == "literal_error":
+            expected = str(error.get("ctx", {}).get("expected", ""))
+            supported = expected.replace("'", "").replace(" or ", ", ")
+            msg = f"{error['input']!r} is not supported (supported: {supported})"
+        source, line = _where(loc, files, env, main_file)
+        problems.append(ConfigProblem(source, ".".join(loc), msg, line))
     return problems
 
 
@@ -183,16 +250,24 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _source_of(
+def _where(
     loc: tuple[str, ...],
-    origin: dict[tuple[str, ...], str],
+    files: tuple[tuple[str, YamlDocument], ...],
     env: Mapping[str, str],
     main_file: str,
-) -> str:
-    env_name = _ENV_PREFIX + "__".join(loc).upper()
-    if env_name in env:
-        return f"environment {env_name}"
+) -> tuple[str, int | None]:
+    """The variable or file that wrote the longest prefix of `loc`, and its line.
+
+    A variable beats the files (it overrides them); among the files, the last one that wrote
+    a key wins, as it does when they are merged.
+    """
+    lowered = {name.lower(): name for name in env}
     for end in range(len(loc), 0, -1):
-        if loc[:end] in origin:
-            return origin[loc[:end]]
-    return main_file
+        name = (_ENV_PREFIX + "__".join(loc[:end])).lower()
+        if name in lowered:
+            return f"environment {lowered[name]}", None
+        for file, doc in reversed(files):
+            line = doc.lines.get(loc[:end])
+            if line is not None:
+                return file, line
+    return main_file, None

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+MIN_INTERVAL_S = 0.001  # no field bus answers faster; below it a poll period is a busy loop
 
 
 class PointConfig(BaseModel):
@@ -44,7 +45,7 @@ class PointConfig(BaseModel):
     writable: bool = Field(default=False, description="Desired state may write this point.")
     interval_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=MIN_INTERVAL_S,
         description="Poll period of this point; defaults to the device's interval_s.",
     )
     property: str | None = Field(
@@ -95,7 +96,11 @@ class DeviceConfig(BaseModel, Generic[P]):
         default=None,
         description="Key of another device on this connection that this one sits behind.",
     )
-    interval_s: float = Field(default=10.0, gt=0, description="Default poll period.")
+    interval_s: float = Field(
+        default=10.0,
+        ge=MIN_INTERVAL_S,
+        description="Default poll period (at least 0.001 s: a faster poll is a busy loop).",
+    )
     enabled: bool = Field(default=True, description="A disabled device is kept but not polled.")
     points: dict[str, P] = Field(default_factory=dict, description="Points keyed by id.")
 

@@ -79,8 +79,12 @@ class TlsConfig(_Section):
 class CloudConfig(_Section):
     """The MQTT link to the cloud. With no `host`, the gateway runs offline and buffers."""
 
-    dialect: Literal["native", "iotda", "thingsboard"] = Field(
-        default="native", description="Topic and payload conventions spoken to the cloud."
+    dialect: Literal["native"] = Field(
+        default="native",
+        description=(
+            "Topic and payload conventions spoken to the cloud (docs/protocol.md); native is "
+            "the only one implemented, and any other value is refused."
+        ),
     )
     host: str | None = Field(default=None, description="Broker host; unset = no cloud link.")
     port: int | None = Field(

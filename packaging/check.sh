@@ -70,6 +70,7 @@ else
 	deb=$(packaging/build-deb.sh "$root/packaging/build")
 fi
 build_s=$((SECONDS - started))
+unset GATEWAYD_DEB # not a setting: gatewayd refuses a GATEWAYD_* variable that names no key
 [ -f "$deb" ] || fail "the build printed no .deb ($deb)"
 version=$(dpkg-deb -f "$deb" Version)
 size_kb=$(($(stat -c %s "$deb") / 1024))

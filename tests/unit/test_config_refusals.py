@@ -1,0 +1,170 @@
+"""What the configuration refuses, in process: bounds, lines, conflicts, and what stays valid."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gatewayd.config_load import InvalidConfig, load_config, load_settings
+from gatewayd.products import load_products
+from gatewayd.settings import Settings
+from tests.e2e.test_config_hostile import BASE, CASES, MEMORY, PRODUCT, SITE, _write
+from tests.helpers import write_yaml
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_hostile_case_is_refused_within_a_second(tmp_path, monkeypatch, name):
+    case = CASES[name]
+    main = _write(tmp_path, case)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert time.monotonic() - started < 1.0
+    text = str(info.value)
+    for fragment in case.expect:
+        assert fragment.replace("FILE", str(main)) in text
+
+
+def test_aliases_and_merge_keys_within_the_bound_still_load(tmp_path):
+    main = tmp_path / "gw.yaml"
+    main.write_text(
+        BASE
+        + "connections:\n  c:\n    driver: memory\n    devices:\n"
+        + "      a: &meter {interval_s: 2, points: {t: {initial: 1}, u: {initial: 2}}}\n"
+        + "      b: {<<: *meter, interval_s: 3}\n"
+        + "".join(f"      d{i}: *meter\n" for i in range(200))
+    )
+    devices = load_settings(main).connections["c"].devices  # type: ignore[attr-defined]
+    assert len(devices) == 202
+    assert devices["b"].interval_s == 3
+    assert devices["b"].points["u"].initial == 2
+    assert devices["d7"].interval_s == 2
+
+
+def test_an_error_inside_an_aliased_value_names_the_alias_line(tmp_path):
+    main = tmp_path / "gw.yaml"
+    main.write_text(
+        BASE
+        + MEMORY
+        + "      a: &meter {interval_s: 2}\n"  # line 8
+        + "      b: *meter\n"  # line 9
+        + "      c: {<<: *meter, interval_s: 0}\n"  # line 10
+    )
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert str(info.value) == (
+        f"{main}: connections.c.devices.c.interval_s: Input should be greater than or equal "
+        "to 0.001 (line 10)"
+    )
+
+
+def test_conf_d_errors_name_their_file_and_line(tmp_path):
+    main = write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}})
+    extra = tmp_path / "conf.d" / "20-api.yaml"
+    extra.parent.mkdir()
+    extra.write_text("# site overrides\napi:\n  port: http\n")
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert str(info.value).startswith(f"{extra}: api.port: Input should be a valid integer")
+    assert str(info.value).endswith("(line 3)")
+
+
+def test_duplicate_keys_are_refused_in_every_file(tmp_path):
+    main = write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}})
+    extra = tmp_path / "conf.d" / "10-a.yaml"
+    extra.parent.mkdir()
+    extra.write_text("api: {port: 1, port: 2}\n")
+    with pytest.raises(InvalidConfig, match=r"10-a.yaml: api.port: duplicate key"):
+        load_settings(main)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("on: 1\n", "key 'on' is read as bool"),
+        ("api: {port: !!python/object:os.system x}\n", "unsupported tag"),
+        ("gateway: {node_id: g, name: 2024-02-30}\n", "'2024-02-30' is not a valid timestamp"),
+        ("- a\n- b\n", "the top level must be a mapping of sections, not a list"),
+        ("gateway: [unclosed\n", "not valid YAML"),
+        ("a: *nowhere\n", "found undefined alias"),
+    ],
+)
+def test_more_hostile_yaml(tmp_path, text, expect):
+    main = tmp_path / "gw.yaml"
+    main.write_text(text)
+    with pytest.raises(InvalidConfig, match=expect):
+        load_settings(main)
+
+
+def _two(first: dict[str, object], second: dict[str, object]) -> dict[str, object]:
+    return {"gateway": {"node_id": "g"}, "connections": {"a": first, "b": second}}
+
+
+def test_one_serial_port_in_two_connections_is_refused(tmp_path):
+    rtu = {"driver": "modbus-rtu", "port": "/dev/ttyUSB0", "devices": {}}
+    line = {"driver": "serial", "port": "/dev/ttyUSB0"}
+    with pytest.raises(InvalidConfig, match=r"connections.b.port: /dev/ttyUSB0 is also the port"):
+        load_settings(write_yaml(tmp_path / "gw.yaml", _two(rtu, line)))
+
+
+def test_one_bluetooth_device_in_two_connections_is_refused(tmp_path):
+    def ble(adapter: str) -> dict[str, object]:
+        point = {"source": "rssi"}
+        device = {"address": "a4:c1:38:00:11:22", "points": {"rssi": point}}
+        return {"driver": "ble", "adapter": adapter, "devices": {f"s-{adapter}": device}}
+
+    with pytest.raises(InvalidConfig, match=r"the same device \(Bluetooth A4:C1:38:00:11:22\)"):
+        load_settings(write_yaml(tmp_path / "gw.yaml", _two(ble("hci0"), ble("hci1"))))
+
+
+def test_units_shared_within_one_connection_and_disabled_duplicates_stay_valid(tmp_path):
+    def tcp(enabled: bool, *units: int) -> dict[str, object]:
+        devices = {
+            f"m{i}": {"unit_id": u, "node_id": f"n{enabled}{i}", "points": {"x": {"address": i}}}
+            for i, u in enumerate(units)
+        }
+        return {"driver": "modbus-tcp", "host": "10.0.0.5", "enabled": enabled, "devices": devices}
+
+    settings = load_settings(write_yaml(tmp_path / "gw.yaml", _two(tcp(True, 1, 1), tcp(False, 1))))
+    assert len(settings.connections) == 2
+
+
+def test_a_device_id_may_not_be_the_gateways(tmp_path):
+    data = {
+        "gateway": {"node_id": "g", "product_id": "memory", "device_id": "memory_room"},
+        "connections": {"c": {"driver": "memory", "devices": {"room": {}}}},
+    }
+    with pytest.raises(InvalidConfig, match=r"device id 'memory_room' is also the gateway itself"):
+        load_settings(write_yaml(tmp_path / "gw.yaml", data))
+
+
+def test_state_dir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    data = {"gateway": {"node_id": "g"}, "state_dir": "file/state"}
+    with pytest.raises(InvalidConfig, match=r"state_dir: .*file/state cannot be created: .* is a"):
+        load_settings(write_yaml(tmp_path / "gw.yaml", data))
+
+
+def test_lower_case_environment_variables_are_checked_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("gatewayd_nosuch", "1")
+    with pytest.raises(InvalidConfig, match=r"environment gatewayd_nosuch: nosuch: no such"):
+        load_settings(write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}}))
+
+
+def test_product_warnings_name_file_line_and_key(tmp_path):
+    main = tmp_path / "gatewayd.yaml"
+    main.write_text(SITE)
+    (tmp_path / "products").mkdir()
+    (tmp_path / "products" / "thermostat.yaml").write_text(PRODUCT)
+    loaded = load_config(main)
+    warnings = [str(w) for w in loaded.product_warnings(load_products(loaded.settings.products))]
+    assert len(warnings) == 2
+    assert warnings[0].endswith("'humidity' is not a property of product 'thermostat' (line 9)")
+
+
+def test_the_schema_offers_only_what_is_implemented():
+    schema = Settings.model_json_schema()
+    assert schema["$defs"]["CloudConfig"]["properties"]["dialect"]["const"] == "native"
