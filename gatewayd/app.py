@@ -236,7 +236,7 @@ class App:
 
         def mount(app: web.Application) -> None:
             mount_iotda(app, store=store, project_id=project_id)
-            mount_cloud(app, outbox, state)
+            mount_cloud(app, outbox, state, store.registry)
             mount_metrics(app, self.health, outbox, self)
 
         return mount

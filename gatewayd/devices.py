@@ -7,6 +7,7 @@ YAML sync); `Device` is the stored record. Every rule names the field it checks.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "DEVICE_ID_PATTERN",
     "AuthInfo",
     "AuthInfoUpdate",
     "AuthType",
@@ -30,6 +32,8 @@ __all__ = [
 ]
 
 # Ids travel in MQTT topics and URLs: ASCII letters, digits, underscore and hyphen only.
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""A device id, whole (`fullmatch`): what a path's `{device_id}` is checked against."""
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ProductId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,36}$")]

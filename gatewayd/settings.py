@@ -209,6 +209,33 @@ class ApiConfig(_Section):
     tokens: dict[str, ApiToken] = Field(
         default_factory=dict, description="Tokens keyed by a name for audit logs."
     )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Open connections at most. A new one beyond it closes the connection "
+        "that has waited longest for a request; when every one is busy, the new one is closed. "
+        "Keep it well below the process's file limit (LimitNOFILE).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a new connection has to send its first request's headers.",
+    )
+    keepalive_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection may wait after a reply without a whole new request "
+        "(idle, or headers still arriving) before it is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Seconds a request body (at most 1 MiB) has to arrive; then 408.",
+    )
 
 
 class LoggingConfig(_Section):

@@ -2,7 +2,8 @@
 
 A token is sent in `X-Auth-Token` (the IoTDA surface's header) or as `Authorization: Bearer`.
 Reading (GET, HEAD) needs the `read` scope; anything else needs `admin`. Only the paths given
-as public (`/healthz`) are open without a token.
+as public (`/healthz`) are open without a token. A token header that is not UTF-8 is a 400
+naming the header, before any token is looked up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from gatewayd.api.errors import error_response
+from gatewayd.api.errors import ApiError, error_response
 from gatewayd.settings import ApiToken
 
 __all__ = ["Scope", "TokenAuth", "auth_middleware", "hash_token"]
@@ -77,10 +78,24 @@ def auth_middleware(auth: TokenAuth, public: Iterable[str] = ("/healthz",)) -> A
 
 
 def _presented(request: web.Request) -> str | None:
-    token = request.headers.get("X-Auth-Token")
+    token = _header(request, "X-Auth-Token")
     if token:
         return token
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, value = _header(request, "Authorization").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+def _header(request: web.Request, name: str) -> str:
+    """A header's value; bytes that are not UTF-8 are the client's error, named as such.
+
+    aiohttp keeps such bytes as lone surrogates, which cannot be hashed (or logged) as text.
+    """
+    value = request.headers.get(name, "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = f"{name}: not valid UTF-8 (byte {exc.start})"
+        raise ApiError(400, "INVALID_HEADER", msg) from None
+    return value

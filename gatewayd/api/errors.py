@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import secrets
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -20,7 +20,7 @@ from gatewayd.store.errors import (
     invalid_request,
 )
 
-__all__ = ["ApiError", "error_middleware", "error_response", "read_json", "validated"]
+__all__ = ["ApiError", "error_middleware", "error_response", "validated"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ _HTTP_CODES = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
@@ -71,7 +72,10 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn refusals, unknown routes and bugs into JSON error replies."""
+    """Turn refusals, unknown routes and bugs into JSON error replies.
+
+    A 500 is only ever a bug: its reply carries an incident number that the log line repeats.
+    """
     try:
         response: web.StreamResponse = await handler(request)
     except ApiError as exc:
@@ -82,23 +86,30 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}")
-        return error_response(exc.status, code, exc.reason)
+        return _http_error(request, exc)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, "INTERNAL_ERROR", "internal error; see the gateway's log")
+        incident = secrets.token_hex(4)
+        log.exception("%s %s failed (incident %s)", request.method, request.path, incident)
+        msg = f"internal error, incident {incident}; see the gateway's log"
+        return error_response(500, "INTERNAL_ERROR", msg)
     return response
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "INVALID_JSON", f"body: not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "INVALID_JSON", "body: must be a JSON object")
-    return body
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Refusals from aiohttp itself (no route, wrong method, body too large) in this API's shape."""
+    code = _HTTP_CODES.get(exc.status, f"HTTP_{exc.status}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(
+            405, code, f"method: {request.method} is not allowed on this path; allowed: {allowed}"
+        )
+        response.headers["Allow"] = allowed
+        return response
+    if exc.status == 404:
+        return error_response(404, code, f"path: no route {request.path!r}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(413, code, f"body: larger than {request.client_max_size} bytes")
+    return error_response(exc.status, code, exc.reason)
 
 
 def validated(model: type[M], data: Any, prefix: str = "") -> M:

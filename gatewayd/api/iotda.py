@@ -7,12 +7,14 @@ the last device of the previous page (all `f`, IoTDA's default, starts at the ne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.errors import ApiError, read_json, validated
+from gatewayd.api.body import read_json
+from gatewayd.api.errors import ApiError, validated
 from gatewayd.api.iotda_replies import (
     DEVICE_SCHEMA,
     LIST_SCHEMA,
@@ -20,8 +22,15 @@ from gatewayd.api.iotda_replies import (
     device_reply,
     shadow_reply,
 )
-from gatewayd.api.openapi import Operation, Param, add_route
-from gatewayd.devices import DeviceCreate, DeviceId, DeviceStatus, DeviceUpdate, ServiceId
+from gatewayd.api.openapi import API_DOC_KEY, Operation, Param, add_route
+from gatewayd.devices import (
+    DEVICE_ID_PATTERN,
+    DeviceCreate,
+    DeviceId,
+    DeviceStatus,
+    DeviceUpdate,
+    ServiceId,
+)
 from gatewayd.store import Store
 from gatewayd.store.registry import DeviceQuery
 from gatewayd.store.shadows import DesiredUpdate
@@ -30,6 +39,7 @@ __all__ = ["MAX_LIMIT", "ShadowUpdate", "mount_iotda"]
 
 MAX_LIMIT = 1000
 _ALL_F = "f" * 24
+_MAX_SEQ = 2**63 - 1
 STORE_KEY = web.AppKey("iotda_store", Store)
 PROJECT_KEY = web.AppKey("iotda_project", str)
 
@@ -74,13 +84,20 @@ def mount_iotda(app: web.Application, store: Store, project_id: str) -> None:
     app[PROJECT_KEY] = project_id
     base = "/v5/iot/{project_id}/devices"
     one = base + "/{device_id}"
-    add_route(app, "POST", base, _create, _CREATE)
-    add_route(app, "GET", base, _list, _LIST)
-    add_route(app, "GET", one, _show, _SHOW)
-    add_route(app, "PUT", one, _update, _UPDATE)
-    add_route(app, "DELETE", one, _delete, _DELETE)
-    add_route(app, "GET", one + "/shadow", _show_shadow, _SHOW_SHADOW)
-    add_route(app, "PUT", one + "/shadow", _update_shadow, _UPDATE_SHADOW)
+    if len(store.products):
+        app[API_DOC_KEY].narrow(DeviceCreate, "product_id", {"enum": sorted(store.products)})
+    # The document names the one project this gateway answers to; any other is a 404.
+    project = replace(_PROJECT, schema={"type": "string", "enum": [project_id]})
+    for method, path, handler, op in (
+        ("POST", base, _create, _CREATE),
+        ("GET", base, _list, _LIST),
+        ("GET", one, _show, _SHOW),
+        ("PUT", one, _update, _UPDATE),
+        ("DELETE", one, _delete, _DELETE),
+        ("GET", one + "/shadow", _show_shadow, _SHOW_SHADOW),
+        ("PUT", one + "/shadow", _update_shadow, _UPDATE_SHADOW),
+    ):
+        add_route(app, method, path, handler, replace(op, params=(project, *op.params[1:])))
 
 
 def _store(request: web.Request) -> Store:
@@ -88,6 +105,15 @@ def _store(request: web.Request) -> Store:
     if project != request.app[PROJECT_KEY]:
         raise ApiError(404, "PROJECT_NOT_FOUND", f"project_id: no project {project!r} here")
     return request.app[STORE_KEY]
+
+
+def _device_id(request: web.Request) -> str:
+    """The path's device id; one no device could have is refused before any lookup."""
+    device_id = request.match_info["device_id"]
+    if DEVICE_ID_PATTERN.fullmatch(device_id) is None:
+        msg = "device_id: must be 1 to 128 of A-Z a-z 0-9 _ -"
+        raise ApiError(400, "INVALID_FIELD", msg)
+    return device_id
 
 
 async def _create(request: web.Request) -> web.Response:
@@ -102,7 +128,8 @@ async def _list(request: web.Request) -> web.Response:
     params = validated(ListParams, dict(request.query))
     marker = None
     if params.marker is not None and params.marker.lower() != _ALL_F:
-        marker = int(params.marker, 16)
+        # Beyond SQLite's integers every device is older: the same as starting at the newest.
+        marker = min(int(params.marker, 16), _MAX_SEQ)
     page = await store.registry.page(
         DeviceQuery(
             product_id=params.product_id,
@@ -129,51 +156,82 @@ async def _list(request: web.Request) -> web.Response:
 
 async def _show(request: web.Request) -> web.Response:
     store = _store(request)
-    device = await store.registry.get(request.match_info["device_id"])
+    device = await store.registry.get(_device_id(request))
     return web.json_response(device_reply(device, store.products))
 
 
 async def _update(request: web.Request) -> web.Response:
     store = _store(request)
     body = validated(DeviceUpdate, await read_json(request))
-    device = await store.registry.update(request.match_info["device_id"], body)
+    device = await store.registry.update(_device_id(request), body)
     return web.json_response(device_reply(device, store.products))
 
 
 async def _delete(request: web.Request) -> web.Response:
     store = _store(request)
+    device_id = _device_id(request)
     cascade = request.query.get("cascade", "false").lower()
     if cascade not in ("true", "false"):
         raise ApiError(400, "INVALID_FIELD", "cascade: must be true or false")
-    await store.registry.delete(request.match_info["device_id"], cascade=cascade == "true")
+    await store.registry.delete(device_id, cascade=cascade == "true")
     return web.Response(status=204)
 
 
 async def _show_shadow(request: web.Request) -> web.Response:
     store = _store(request)
-    device_id = request.match_info["device_id"]
+    device_id = _device_id(request)
     return web.json_response(shadow_reply(device_id, await store.shadows.get(device_id)))
 
 
 async def _update_shadow(request: web.Request) -> web.Response:
     store = _store(request)
-    device_id = request.match_info["device_id"]
+    device_id = _device_id(request)
     body = validated(ShadowUpdate, await read_json(request))
     updates = [DesiredUpdate(s.service_id, s.desired, s.version) for s in body.shadow]
     shadows = await store.shadows.update_desired(device_id, updates)
     return web.json_response(shadow_reply(device_id, shadows))
 
 
+def _query(model: type[BaseModel], notes: dict[str, str]) -> tuple[Param, ...]:
+    """The query parameters as the model validates them: patterns, bounds and enums included."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    params = []
+    for name, prop in schema["properties"].items():
+        branch = next(b for b in prop.get("anyOf", [prop]) if b.get("type") != "null")
+        if "$ref" in branch:
+            branch = defs[branch["$ref"].rsplit("/", 1)[1]]
+        kept = {k: v for k, v in branch.items() if k in _SCHEMA_KEYS}
+        params.append(Param(name, "query", kept, notes.get(name, "")))
+    return tuple(params)
+
+
+_SCHEMA_KEYS = frozenset(
+    {"type", "pattern", "minimum", "maximum", "minLength", "maxLength", "enum"}
+)
 _PROJECT = Param("project_id", "path", description="Must equal api.project_id.")
-_DEVICE = Param("device_id", "path")
+_DEVICE = Param(
+    "device_id",
+    "path",
+    {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+    "1 to 128 of A-Z a-z 0-9 _ -.",
+)
 _TAG = "iotda"
+_NO_PROJECT = "no such project (project_id is not api.project_id)"
+_NO_DEVICE = "no such device, or no such project"
+_BAD_ID = "device_id breaks its pattern"
 _CREATE = Operation(
     summary="Register a device (IoTDA's rules); a child of the gateway unless gateway_id is given",
     scope="admin",
     tag=_TAG,
     params=(_PROJECT,),
     body=DeviceCreate,
-    responses={201: "created", 400: "a field breaks a rule", 409: "the device id is taken"},
+    responses={
+        201: "created",
+        400: "a field breaks a rule; an unknown product_id or gateway_id; too deep",
+        404: _NO_PROJECT,
+        409: "the device id is taken",
+    },
     reply=DEVICE_SCHEMA,
 )
 _LIST = Operation(
@@ -182,22 +240,16 @@ _LIST = Operation(
     tag=_TAG,
     params=(
         _PROJECT,
-        Param("product_id", "query"),
-        Param("gateway_id", "query", description="Children of this device."),
-        Param(
-            "is_cascade_query",
-            "query",
-            {"type": "boolean"},
-            "With gateway_id: every device below it, not only its children.",
+        *_query(
+            ListParams,
+            {
+                "gateway_id": "Children of this device.",
+                "is_cascade_query": "With gateway_id: every device below it, not only children.",
+                "marker": "24 hex digits from the previous page.",
+            },
         ),
-        Param("node_id", "query"),
-        Param("device_name", "query"),
-        Param("status", "query"),
-        Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-        Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 500}),
-        Param("marker", "query", description="24 hex digits from the previous page."),
     ),
-    responses={200: "a page of devices", 400: "a bad filter or paging value"},
+    responses={200: "a page of devices", 400: "a bad filter or paging value", 404: _NO_PROJECT},
     reply=LIST_SCHEMA,
 )
 _SHOW = Operation(
@@ -205,7 +257,7 @@ _SHOW = Operation(
     scope="read",
     tag=_TAG,
     params=(_PROJECT, _DEVICE),
-    responses={200: "the device", 404: "no such device"},
+    responses={200: "the device", 400: _BAD_ID, 404: _NO_DEVICE},
     reply=DEVICE_SCHEMA,
 )
 _UPDATE = Operation(
@@ -214,7 +266,7 @@ _UPDATE = Operation(
     tag=_TAG,
     params=(_PROJECT, _DEVICE),
     body=DeviceUpdate,
-    responses={200: "the changed device", 400: "a field breaks a rule", 404: "no such device"},
+    responses={200: "the changed device", 400: "a field breaks a rule", 404: _NO_DEVICE},
     reply=DEVICE_SCHEMA,
 )
 _DELETE = Operation(
@@ -226,14 +278,19 @@ _DELETE = Operation(
         _DEVICE,
         Param("cascade", "query", {"type": "boolean"}, "Also delete every device below."),
     ),
-    responses={204: "deleted", 404: "no such device", 409: "it has children, or is the gateway"},
+    responses={
+        204: "deleted",
+        400: "cascade is not true or false; " + _BAD_ID,
+        404: _NO_DEVICE,
+        409: "it has children, or is the gateway",
+    },
 )
 _SHOW_SHADOW = Operation(
     summary="The device shadow: desired, reported and version per service",
     scope="read",
     tag=_TAG,
     params=(_PROJECT, _DEVICE),
-    responses={200: "the shadow", 404: "no such device"},
+    responses={200: "the shadow", 400: _BAD_ID, 404: _NO_DEVICE},
     reply=SHADOW_SCHEMA,
 )
 _UPDATE_SHADOW = Operation(
@@ -245,7 +302,7 @@ _UPDATE_SHADOW = Operation(
     responses={
         200: "the shadow after the change",
         400: "unknown service or property, or a bad value",
-        404: "no such device",
+        404: _NO_DEVICE,
         409: "version conflict",
     },
     reply=SHADOW_SCHEMA,

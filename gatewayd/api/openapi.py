@@ -62,6 +62,15 @@ class ApiDoc:
         self._title = title
         self._version = version
         self._ops: dict[tuple[str, str], Operation] = {}
+        self._narrowed: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def narrow(self, model: type[BaseModel], field: str, schema: dict[str, Any]) -> None:
+        """Add what this application knows about a body field to its schema (e.g. an enum).
+
+        For values fixed when the daemon starts (the loaded products): the document then says
+        exactly what is accepted, not only the model's pattern.
+        """
+        self._narrowed[(model.__name__, field)] = schema
 
     def add(self, method: str, path: str, op: Operation) -> None:
         """Record an operation."""
@@ -77,6 +86,10 @@ class ApiDoc:
             {op.body for op in self._ops.values() if op.body is not None}, key=lambda m: m.__name__
         )
         refs, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+        for (model, name), extra in self._narrowed.items():
+            prop = defs.get("$defs", {}).get(model, {}).get("properties", {}).get(name)
+            if prop is not None:
+                prop.update(extra)
         paths: dict[str, dict[str, Any]] = {}
         for (method, path), op in sorted(self._ops.items()):
             entry: dict[str, Any] = {
@@ -147,9 +160,13 @@ def _responses(op: Operation) -> dict[str, Any]:
             }
         out[str(status)] = entry
     if op.scope != "public":
+        out.setdefault("400", _error("a token header that is not UTF-8"))
         out.setdefault("401", _error("no token, or an unknown one"))
         out.setdefault("403", _error(f"the token lacks the {op.scope} scope"))
-    return out
+    if op.body is not None:
+        out.setdefault("408", _error("the body did not arrive within api.body_timeout_s"))
+        out.setdefault("413", _error("the body is larger than 1 MiB"))
+    return dict(sorted(out.items()))
 
 
 def _error(text: str) -> dict[str, Any]:

@@ -7,9 +7,12 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gatewayd import __version__
 from gatewayd.api.auth import TokenAuth, auth_middleware
+from gatewayd.api.body import BODY_TIMEOUT_KEY
+from gatewayd.api.connections import ConnectionGuard
 from gatewayd.api.errors import error_middleware
 from gatewayd.api.openapi import API_DOC_KEY, ApiDoc, Operation, add_route
 from gatewayd.errors import ListenFailed
@@ -101,8 +104,12 @@ async def _healthz(request: web.Request) -> web.Response:
 class ApiServer:
     """Binds the API and serves until cancelled.
 
+    Connections are bounded (docs/api.md, "Connections"): `api.max_connections` open at once,
+    `api.header_timeout_s` for a new connection's first headers, `api.keepalive_timeout_s`
+    between requests, `api.body_timeout_s` for a body.
+
     Args:
-        config: where to listen.
+        config: where to listen, and the bounds.
         app: the aiohttp application.
         component: health entry marked up once the socket listens.
     """
@@ -110,9 +117,11 @@ class ApiServer:
     def __init__(self, config: ApiConfig, app: web.Application, component: Component) -> None:
         self._config = config
         self._app = app
+        self._app[BODY_TIMEOUT_KEY] = config.body_timeout_s
         self._component = component
         self.bound = asyncio.Event()
         self.port: int | None = None
+        self.guard: ConnectionGuard | None = None
 
     @property
     def app(self) -> web.Application:
@@ -121,27 +130,66 @@ class ApiServer:
 
     async def serve(self) -> None:
         """Listen, set `bound`, and wait for cancellation; always cleans up."""
-        runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        config = self._config
+        runner = web.AppRunner(
+            self._app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=config.keepalive_timeout_s,
+            logger=_http_log,
+            # A stop waits this long for requests in handlers, not aiohttp's 60 s.
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
+        )
         await runner.setup()
+        listener: asyncio.Server | None = None
         try:
-            site = web.TCPSite(runner, self._config.host, self._config.port)
+            server = runner.server
+            if server is None:  # setup() sets it; a None here is a bug in this module
+                raise RuntimeError("api: the runner has no server after setup")
+            self.guard = ConnectionGuard(
+                server,
+                limit=config.max_connections,
+                header_timeout_s=config.header_timeout_s,
+            )
+            loop = asyncio.get_running_loop()
             try:
-                await site.start()
+                listener = await loop.create_server(
+                    self.guard, config.host, config.port, reuse_address=True, backlog=128
+                )
             except OSError as exc:
-                msg = f"api: cannot listen on {self._config.host}:{self._config.port}: {exc}"
+                msg = f"api: cannot listen on {config.host}:{config.port}: {exc}"
                 raise ListenFailed(msg) from exc
-            self.port = _bound_port(runner)
-            self._component.up(f"http://{self._config.host}:{self.port}")
-            log.info("local API on http://%s:%s", self._config.host, self.port)
+            self.port = int(listener.sockets[0].getsockname()[1])
+            self._component.up(f"http://{config.host}:{self.port}")
+            log.info("local API on http://%s:%s", config.host, self.port)
             self.bound.set()
             await asyncio.Event().wait()
         finally:
             self._component.stopped()
+            if listener is not None:
+                listener.close()
             await runner.cleanup()
 
 
-def _bound_port(runner: web.AppRunner) -> int | None:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return None
+_SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class _ClientFault(logging.Filter):
+    """A request aiohttp could not parse is the client's fault: a debug line, no traceback.
+
+    aiohttp answers it 400 itself; logged at ERROR with a traceback, any client could fill
+    the journal. Anything else aiohttp reports keeps its level and traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code < 500:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg = f"{record.msg}: {exc.code} {exc.message}".replace("\n", " ")
+            record.exc_info = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_http_log = logging.getLogger("gatewayd.api.http")
+_http_log.addFilter(_ClientFault())
