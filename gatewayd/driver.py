@@ -42,7 +42,27 @@ class PointConfig(BaseModel):
     unit: str | None = Field(default=None, description="Engineering unit sent with the value.")
     scale: float = Field(default=1.0, description="Reported value = raw * scale + offset.")
     offset: float = Field(default=0.0, description="Added after scaling.")
-    writable: bool = Field(default=False, description="Desired state may write this point.")
+    decimals: int | None = Field(
+        default=None,
+        ge=0,
+        le=12,
+        description=(
+            "Decimal places numeric values are rounded to. By default a scaled value keeps "
+            "the places its scale and offset imply (raw 217 with scale 0.1 is sent as 21.7, "
+            "not 21.700000000000003; at most 12), and an unscaled value is sent as read."
+        ),
+    )
+    writable: bool = Field(
+        default=False,
+        description=(
+            "Desired state may write this point. Only a value someone asked for is written: "
+            "the cloud's config, a shadow or properties change through the local API, a "
+            "command, or the device's `desired:` in this file. A product's `default` only "
+            "fills the shadow's desired state for the cloud's view and is never written: the "
+            "device keeps its own setting, and once the point is read, desired shows what the "
+            "device reports. First start, restart and a lost state directory write nothing."
+        ),
+    )
     interval_s: float | None = Field(
         default=None,
         ge=MIN_INTERVAL_S,
@@ -103,11 +123,32 @@ class DeviceConfig(BaseModel, Generic[P]):
     )
     enabled: bool = Field(default=True, description="A disabled device is kept but not polled.")
     points: dict[str, P] = Field(default_factory=dict, description="Points keyed by id.")
+    desired: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Values to write, keyed by writable point id: they become the desired state of "
+            "the point's product property and are written, then read back. Applied when the "
+            "device is registered and whenever a value here changes; a value set later "
+            "through the API or the cloud stands until then."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _ids_from_keys(cls, data: Any) -> Any:
         return _fill_ids(data, "points")
+
+    @model_validator(mode="after")
+    def _desired_points(self) -> DeviceConfig[P]:
+        for key in self.desired:
+            point = self.points.get(key)
+            if point is None:
+                msg = f"desired.{key}: the device has no point {key!r}"
+                raise ValueError(msg)
+            if not point.writable:
+                msg = f"desired.{key}: the point is not writable"
+                raise ValueError(msg)
+        return self
 
 
 class ConnectionConfig(BaseModel):

@@ -2,8 +2,9 @@
 
 Config fields map to the desired state of the device's product services (docs/protocol.md): a
 product with one service takes flat fields; with several, each field is an object keyed by
-`service_id`. The answer on `config/update` carries the version of the config it answers and
-only values read back from the device; a refusal is answered with `refused: {property: reason}`.
+`service_id`. The answer on `config/update` carries the version of the config it answers, as
+the cloud sent it (the integer 1 is echoed as 1, the text "1" as "1"), and only values read
+back from the device; a refusal is answered with `refused: {property: reason}`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class CloudReports:
     async def _answer(self, device_id: str, fields: dict[str, Any]) -> None:
         desired = await self._state.desired_config(device_id)
         body = {
-            "version": desired["version"] if desired else None,
+            "version": desired["sent_version"] if desired else None,  # as the cloud sent it
             "last_updated": native.iso_timestamp(datetime.now(UTC)),
             **fields,
         }

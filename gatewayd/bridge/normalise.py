@@ -1,16 +1,23 @@
-"""Sample -> Reading: scale and offset, once, for every driver."""
+"""Sample -> Reading: scale and offset, once, for every driver.
+
+A scaled value is a measurement, not a product of binary floats: 217 x 0.1 is sent as 21.7,
+not 21.700000000000003. Each point is rounded to the decimal places its scale and offset
+imply (0.1 -> 1, 0.005 -> 3, an offset of -273.15 -> 2), or to its own `decimals`; the
+places are worked out once per point, so a value costs one `round()`.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 
 from gatewayd.batch import ReadingBatch, SampleBatch
 from gatewayd.driver import PointConfig
 from gatewayd.model import PointRef, Quality, Reading, Sample, Value
 
-__all__ = ["BatchNormaliser", "normalise", "to_raw"]
+__all__ = ["BatchNormaliser", "decimals_of", "normalise", "to_raw"]
 
 
 def normalise(connection: str, device: str, point: PointConfig, sample: Sample) -> Reading:
@@ -22,14 +29,12 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
     """
     value = sample.value
     if (
-        (point.scale != 1.0 or point.offset != 0.0)
+        (point.scale != 1.0 or point.offset != 0.0 or point.decimals is not None)
         and isinstance(value, _NUMBER)
         and not isinstance(value, bool)
     ):
-        scaled = value * point.scale + point.offset
-        # 2301 * 0.1 is 230.10000000000002 in binary floating point; 12 significant digits
-        # are more than any field device measures and drop that noise.
-        value = float(f"{scaled:.12g}")
+        places = decimals_of(point.scale, point.offset, point.decimals)
+        value = round(value * point.scale + point.offset, places)
     quality = Quality.GOOD
     if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN nor infinity
         quality = Quality.BAD
@@ -44,6 +49,25 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
 
 _NUMBER = (int, float)
 _INF = math.inf
+_MAX_PLACES = 12  # a scale like 1/3 implies endless places; 12 are finer than any sensor
+
+
+@functools.lru_cache(maxsize=4096)
+def decimals_of(scale: float, offset: float, decimals: int | None) -> int:
+    """The decimal places a point's values are rounded to.
+
+    `decimals` when the point sets it; otherwise the places its scale and offset are written
+    with (0.1 -> 1, 0.25 -> 2, 10 -> 0), so the value says no more than the register and
+    the scale do.
+    """
+    if decimals is not None:
+        return decimals
+    return min(max(_places(scale), _places(offset)), _MAX_PLACES)
+
+
+def _places(number: float) -> int:
+    exponent = Decimal(repr(float(number))).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else _MAX_PLACES
 
 
 def _unusable(value: object) -> bool:
@@ -80,10 +104,10 @@ class BatchNormaliser:
         if plan is None:
             return None
         values: list[Value | None] = list(batch.values)
-        for i, scale, offset in plan.scaled:
+        for i, scale, offset, places in plan.scaled:
             value = values[i]
             if isinstance(value, _NUMBER) and not isinstance(value, bool):
-                values[i] = float(f"{value * scale + offset:.12g}")
+                values[i] = round(value * scale + offset, places)
         quality = None
         # NaN or infinity from a sensor: JSON has neither. Three scans in C beat one in Python.
         if any(v != v for v in values) or _INF in values or -_INF in values:  # noqa: PLR0124
@@ -97,7 +121,7 @@ class _Plan:
     __slots__ = ("scaled", "units")
 
     def __init__(
-        self, units: tuple[str | None, ...], scaled: list[tuple[int, float, float]]
+        self, units: tuple[str | None, ...], scaled: list[tuple[int, float, float, int]]
     ) -> None:
         self.units = units
         self.scaled = scaled
@@ -110,9 +134,9 @@ class _Plan:
         return cls(
             tuple(c.unit for c in configs),
             [
-                (i, c.scale, c.offset)
+                (i, c.scale, c.offset, decimals_of(c.scale, c.offset, c.decimals))
                 for i, c in enumerate(configs)
-                if c.scale != 1.0 or c.offset != 0.0
+                if c.scale != 1.0 or c.offset != 0.0 or c.decimals is not None
             ],
         )
 

@@ -1,10 +1,13 @@
 """Desired state becomes field writes; reported follows only what the device confirmed.
 
-For every desired change the delta (desired != reported) of the device is written point by
-point through the connection's runner, ahead of polls, then read back. Only the value read
-back is reported: if the device clamps or ignores a value, reported says so and the delta
-stays visible. A refusal (WriteRejected) is reported as refused and not retried until the
-desired state changes again; a device that does not answer is retried with backoff.
+For every desired change the delta (desired != reported) that someone asked for is written
+point by point through the connection's runner, ahead of polls, then read back. A value that
+only a product default put in desired is never written (`ServiceShadow.writes()`): the
+device's own setting stands until the cloud, the API, a command or the YAML asks otherwise.
+Only the value read back is reported: if the device clamps or ignores a value, reported says
+so and the delta stays visible. A refusal (WriteRejected) is reported as refused and not
+retried until the desired state changes again; a device that does not answer is retried with
+backoff.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class Reconciler:
     async def _apply(self, bound: BoundDevice) -> None:
         runner = self._runners[bound.connection]
         for shadow in await self._shadows.get(bound.device_id):
-            for prop, want in shadow.delta().items():
+            for prop, want in shadow.writes().items():
                 target = bound.by_property.get((shadow.service_id, prop))
                 if target is None or not target.point.writable:
                     self._warn_once(bound.device_id, prop, "no writable point carries it")

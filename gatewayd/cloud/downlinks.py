@@ -195,7 +195,7 @@ class Downlinks:
 
     async def _config(self, device: str, body: native.ConfigDown) -> None:
         accepted = await self._state.accept_config(
-            device, body.version, body.last_updated, body.fields()
+            device, body.version, body.last_updated, body.fields(), sent_version=body.sent_version
         )
         version = native.shown(body.version)
         if accepted:

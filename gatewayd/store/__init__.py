@@ -54,7 +54,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             )
         except RegistryError as exc:
             raise ConfigError(str(exc)) from exc
-        report = await sync_configured(registry, settings)
+        report = await sync_configured(registry, settings, shadows)
         try:
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(shadows.run(), name="shadows.flush")

@@ -47,8 +47,12 @@ CREATE TABLE IF NOT EXISTS cloud_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL
 
 
 def cloud_state_schema(conn: sqlite3.Connection) -> None:
-    """Create the downlink tables (idempotent)."""
+    """Create the downlink tables (idempotent); add columns a file from an older gatewayd lacks."""
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(desired_config)")}
+    if "sent_version" not in columns:
+        # The version as sent (JSON: 1 or "1"), echoed on config/update; `version` orders.
+        conn.execute("ALTER TABLE desired_config ADD COLUMN sent_version TEXT")
 
 
 def newer_version(candidate: str, stored: str) -> bool:
@@ -100,10 +104,26 @@ class CloudState:
         self._worker = worker
 
     async def accept_config(
-        self, device: str, version: str, last_updated: str | None, body: dict[str, Any]
+        self,
+        device: str,
+        version: str,
+        last_updated: str | None,
+        body: dict[str, Any],
+        *,
+        sent_version: int | str | None = None,
     ) -> bool:
-        """Store desired config unless the stored version is the same or newer."""
+        """Store desired config unless the stored version is the same or newer.
+
+        Args:
+            device: the device it is for.
+            version: its version as text (what orders versions).
+            last_updated: the cloud's time of the change, if given.
+            body: the config fields.
+            sent_version: the version as the cloud sent it (an integer or text), echoed on
+                `config/update` as it came; `version` when not given.
+        """
         text = json.dumps(body, separators=(",", ":"))
+        sent = json.dumps(version if sent_version is None else sent_version)
 
         def write(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
@@ -112,25 +132,32 @@ class CloudState:
             if row is not None and not newer_version(version, row[0]):
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO desired_config VALUES (?, ?, ?, ?, ?)",
-                (device, version, last_updated, text, time.time()),
+                "INSERT OR REPLACE INTO desired_config "
+                "(device, version, last_updated, body, received, sent_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (device, version, last_updated, text, time.time(), sent),
             )
             return True
 
         return await self._worker.call(write)
 
     async def desired_config(self, device: str) -> dict[str, Any] | None:
-        """The latest accepted desired config of a device."""
+        """The latest accepted desired config of a device.
+
+        `version` is its text; `sent_version` the version as the cloud sent it (1 or "1").
+        """
 
         def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
-                "SELECT version, last_updated, body, received FROM desired_config WHERE device = ?",
+                "SELECT version, last_updated, body, received, sent_version "
+                "FROM desired_config WHERE device = ?",
                 (device,),
             ).fetchone()
             if row is None:
                 return None
             return {
                 "version": row[0],
+                "sent_version": row[0] if row[4] is None else json.loads(row[4]),
                 "last_updated": row[1],
                 "fields": json.loads(row[2]),
                 "received": row[3],

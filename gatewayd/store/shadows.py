@@ -2,10 +2,18 @@
 
 Desired state comes from people and the cloud; reported state from the field. Every accepted
 desired change bumps the (device, service) version; a request that names a version only
-applies when it is still current. The core learns of desired changes through
-`desired_changes()`, an async iterator of (device_id, service_id) keys. Reported values are
-written through `gatewayd.store.reported`: noted in memory on the field's hot path and
-flushed in batches.
+applies when it is still current.
+
+Each desired value knows where it came from (`Origin`): asked for (through the API, the cloud's
+config or a command), written in the YAML, or only a product default. Only asked values are
+ever written to the field (`ServiceShadow.writes()`): a default fills the shadow for the
+cloud's view, and once the device has reported that property, the default is shown as what
+the device reports. A live meter's CT ratio is never reset to its product's default because
+a gateway started, restarted, or lost its state directory.
+
+The core learns of desired changes through `desired_changes()`, an async iterator of
+(device_id, service_id) keys. Reported values are written through `gatewayd.store.reported`:
+noted in memory on the field's hot path and flushed in batches.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from gatewayd.products import Product, ProductCatalog, ServiceDef
 from gatewayd.store.changes import ChangeFeed
@@ -26,6 +34,8 @@ from gatewayd.store.reported import ReportedWriter
 
 __all__ = [
     "DesiredUpdate",
+    "Origin",
+    "ProductDefault",
     "PropertyValue",
     "ServiceShadow",
     "ShadowKey",
@@ -36,13 +46,31 @@ __all__ = [
 
 ShadowKey = tuple[str, str]  # (device_id, service_id)
 
+# request: the API, the cloud's config or a command asked for it; config: the YAML's `desired:`;
+# default: a product default nobody asked for (or the device's own value standing in for it).
+Origin = Literal["request", "config", "default"]
+_ASKED: frozenset[str] = frozenset({"request", "config"})
+
 
 @dataclass(frozen=True, slots=True)
 class PropertyValue:
-    """One property value and when it was set."""
+    """One property value, when it was set, and (for desired values) who set it."""
 
     value: Any
     at: datetime
+    origin: Origin = "request"
+
+    @property
+    def asked(self) -> bool:
+        """Someone asked for this value: it may be written to the field."""
+        return self.origin in _ASKED
+
+
+@dataclass(frozen=True, slots=True)
+class ProductDefault:
+    """A value of a new device's initial desired state that only a product default gave."""
+
+    value: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +96,22 @@ class ServiceShadow:
         """Desired properties whose value differs from the reported one (or has none)."""
         out = {}
         for name, want in self.desired.items():
+            have = self.reported.get(name)
+            if have is None or not _same(have.value, want.value):
+                out[name] = want.value
+        return out
+
+    def writes(self) -> dict[str, Any]:
+        """The delta someone asked for: what may be written to the field.
+
+        A default (`origin == "default"`) is never written: until the device reports the
+        property it waits in the delta for the cloud's view, and after it, it is the value
+        the device reports.
+        """
+        out = {}
+        for name, want in self.desired.items():
+            if not want.asked:
+                continue
             have = self.reported.get(name)
             if have is None or not _same(have.value, want.value):
                 out[name] = want.value
@@ -130,7 +174,7 @@ class ShadowStore:
     async def update_desired(
         self, device_id: str, updates: Sequence[DesiredUpdate], *, field_prefix: str = "shadow"
     ) -> list[ServiceShadow]:
-        """Apply desired changes to several services at once (all or none).
+        """Apply desired changes to several services at once (all or none); they are asked for.
 
         Raises:
             DeviceNotFound: no such device.
@@ -154,6 +198,57 @@ class ShadowStore:
         result = await self._db.transact(work)
         self._feed.notify((device_id, u.service_id) for u in updates)
         return result
+
+    async def configure_desired(
+        self, device_id: str, values: Mapping[str, Any], *, field_prefix: str
+    ) -> dict[str, Any]:
+        """Apply the YAML's `desired:` of a device (property -> value); returns what changed.
+
+        A value is taken when the property's desired value is a default, is absent, or came
+        from the YAML with another value (the file changed). A value asked for later through
+        the API or the cloud stands: the file does not undo it at the next start. Each
+        property goes to the first service of the device's product that has it.
+
+        Raises:
+            DeviceNotFound: no such device.
+            InvalidField: a property the product does not have or cannot set, or a bad value
+                (named `<field_prefix>.<property>`).
+        """
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            product = self._product_of(conn, device_id)
+            changed: dict[str, dict[str, Any]] = {}
+            for name, value in values.items():
+                where = f"{field_prefix}.{name}"
+                service = _service_with(product, name)
+                if service is None:
+                    raise InvalidField(where, "the device's product has no such property")
+                checked = _check_desired(service, name, value, where)
+                if checked is None:
+                    continue
+                row = _read_row(conn, device_id, service.service_id, service.defaults())
+                have = row.desired.get(name) if row else None
+                if have is not None and (
+                    have.origin == "request"
+                    or (have.origin == "config" and _same(have.value, checked))
+                ):
+                    continue
+                changed.setdefault(service.service_id, {})[name] = checked
+            for service_id, props in changed.items():
+                service = product.service(service_id) if product else None
+                row = _read_row(conn, device_id, service_id, service.defaults() if service else {})
+                desired = dict(row.desired) if row else {}
+                desired.update({k: PropertyValue(v, now, "config") for k, v in props.items()})
+                _write_row(
+                    conn, device_id, service_id, (row.version if row else 0) + 1, desired, None
+                )
+            return changed
+
+        await self._reported.flush(device_id)
+        changed = await self._db.transact(work)
+        self._feed.notify((device_id, sid) for sid in changed)
+        return {k: v for props in changed.values() for k, v in props.items()}
 
     def add_reported_source(self, pull: Callable[[], None]) -> Callable[[], None]:
         """Register a producer that holds its latest values and notes them when pulled.
@@ -225,7 +320,8 @@ class ShadowStore:
         """
 
         def read(conn: sqlite3.Connection) -> ServiceShadow:
-            written = _read_row(conn, device_id, service_id)
+            defaults = _defaults(self._product_of(conn, device_id), service_id)
+            written = _read_row(conn, device_id, service_id, defaults)
             assert written is not None  # written just before, same transaction
             return written
 
@@ -265,7 +361,7 @@ class ShadowStore:
 
     def _get(self, conn: sqlite3.Connection, device_id: str) -> list[ServiceShadow]:
         product = self._product_of(conn, device_id)
-        rows = {r.service_id: r for r in _read_rows(conn, device_id)}
+        rows = {r.service_id: r for r in _read_rows(conn, device_id, product)}
         ordered = [s.service_id for s in product.services] if product else []
         ordered += sorted(set(rows) - set(ordered))
         return [rows.get(sid) or ServiceShadow(sid, 0) for sid in ordered]
@@ -292,7 +388,7 @@ class ShadowStore:
             raise InvalidField(
                 f"{where}.service_id", f"the device's product has no service {update.service_id!r}"
             )
-        row = _read_row(conn, device_id, update.service_id)
+        row = _read_row(conn, device_id, update.service_id, service.defaults())
         version = row.version if row else 0
         if update.version is not None and update.version != version:
             raise VersionConflict(
@@ -313,10 +409,20 @@ def initial_desired(
 ) -> dict[str, dict[str, Any]]:
     """A new device's desired state: product defaults, overridden where the request differs.
 
+    A value that only the product's default gave is a `ProductDefault`: `insert_shadows`
+    stores it as such, and it is never written to the field.
+
     Raises:
         InvalidField: an override names an unknown service or property, or a bad value.
     """
-    desired = {s.service_id: s.defaults() for s in product.services} if product else {}
+    desired: dict[str, dict[str, Any]] = (
+        {
+            s.service_id: {k: ProductDefault(v) for k, v in s.defaults().items()}
+            for s in product.services
+        }
+        if product
+        else {}
+    )
     for i, (service_id, values) in enumerate(overrides):
         service = product.service(service_id) if product else None
         if service is None:
@@ -358,7 +464,12 @@ def insert_shadows(
 ) -> None:
     """Create the shadow rows of a new device (inside the caller's transaction)."""
     for service_id, values in desired.items():
-        props = {k: PropertyValue(v, now) for k, v in values.items()}
+        props = {
+            k: PropertyValue(v.value, now, "default")
+            if isinstance(v, ProductDefault)
+            else PropertyValue(v, now)
+            for k, v in values.items()
+        }
         conn.execute(
             "INSERT OR IGNORE INTO shadows (device_id, service_id, version, desired) "
             "VALUES (?, ?, 0, ?)",
@@ -372,37 +483,83 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _service_with(product: Product | None, name: str) -> ServiceDef | None:
+    for service in product.services if product else ():
+        if service.property(name) is not None:
+            return service
+    return None
+
+
 def _dump(props: Mapping[str, PropertyValue]) -> str:
-    return json.dumps({k: [p.value, p.at.isoformat()] for k, p in props.items()})
+    """`{name: [value, time]}`, with the origin as a third item when it is not a request."""
+    return json.dumps(
+        {
+            k: [p.value, p.at.isoformat()]
+            if p.origin == "request"
+            else [p.value, p.at.isoformat(), p.origin]
+            for k, p in props.items()
+        }
+    )
 
 
-def _load(text: str) -> dict[str, PropertyValue]:
-    return {
-        k: PropertyValue(v, datetime.fromisoformat(at)) for k, (v, at) in json.loads(text).items()
-    }
+def _load(text: str) -> tuple[dict[str, PropertyValue], set[str]]:
+    """The stored values, and the names stored without an origin (before origins were)."""
+    out, legacy = {}, set()
+    for name, (value, at, *origin) in json.loads(text).items():
+        out[name] = PropertyValue(value, datetime.fromisoformat(at), *origin)
+        if not origin:
+            legacy.add(name)
+    return out, legacy
 
 
 _COLUMNS = "service_id, version, desired, reported"
 
 
-def _from_row(row: tuple[Any, ...]) -> ServiceShadow:
-    return ServiceShadow(row[0], row[1], _load(row[2]), _load(row[3]))
+def _from_row(row: tuple[Any, ...], defaults: Mapping[str, Any]) -> ServiceShadow:
+    """A stored row as readers see it: a default stands aside for what the device reports.
+
+    `defaults` (the service's product defaults) place values stored before origins were:
+    in a row no request has changed yet (version 0), a value equal to its default is one.
+    """
+    version = row[1]
+    desired, legacy = _load(row[2])
+    reported, _ = _load(row[3])
+    for name, want in desired.items():
+        unasked = want.origin == "default" or (
+            version == 0
+            and name in legacy
+            and name in defaults
+            and _same(want.value, defaults[name])
+        )
+        if unasked:
+            have = reported.get(name) or want
+            desired[name] = PropertyValue(have.value, have.at, "default")
+    return ServiceShadow(row[0], version, desired, reported)
 
 
-def _read_row(conn: sqlite3.Connection, device_id: str, service_id: str) -> ServiceShadow | None:
+def _read_row(
+    conn: sqlite3.Connection, device_id: str, service_id: str, defaults: Mapping[str, Any]
+) -> ServiceShadow | None:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM shadows WHERE device_id = ? AND service_id = ?",  # noqa: S608
         (device_id, service_id),
     ).fetchone()
-    return _from_row(row) if row else None
+    return _from_row(row, defaults) if row else None
 
 
-def _read_rows(conn: sqlite3.Connection, device_id: str) -> list[ServiceShadow]:
+def _read_rows(
+    conn: sqlite3.Connection, device_id: str, product: Product | None
+) -> list[ServiceShadow]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM shadows WHERE device_id = ? ORDER BY service_id",  # noqa: S608
         (device_id,),
     )
-    return [_from_row(r) for r in rows]
+    return [_from_row(r, _defaults(product, r[0])) for r in rows]
+
+
+def _defaults(product: Product | None, service_id: str) -> Mapping[str, Any]:
+    service = product.service(service_id) if product else None
+    return service.defaults() if service else {}
 
 
 def _write_row(  # noqa: PLR0913, PLR0917 - the row's columns

@@ -19,6 +19,7 @@ from gatewayd.identity import child_identity
 from gatewayd.settings import Settings
 from gatewayd.store.errors import RegistryError, invalid_request
 from gatewayd.store.registry import Registry
+from gatewayd.store.shadows import ShadowStore
 
 __all__ = ["SyncReport", "sync_configured"]
 
@@ -37,8 +38,14 @@ class SyncReport:
     refused: dict[str, str] = field(default_factory=dict)  # config path -> reason
 
 
-async def sync_configured(registry: Registry, settings: Settings) -> SyncReport:
-    """Register, update and remove devices so the registry matches `connections`."""
+async def sync_configured(
+    registry: Registry, settings: Settings, shadows: ShadowStore | None = None
+) -> SyncReport:
+    """Register, update and remove devices so the registry matches `connections`.
+
+    With `shadows`, each device's `desired:` values become asked-for desired state (see
+    `ShadowStore.configure_desired`); nothing else here ever leads to a field write.
+    """
     if registry.gateway_id is None:
         msg = "register the gateway before syncing configured devices"
         raise RuntimeError(msg)
@@ -64,8 +71,11 @@ async def sync_configured(registry: Registry, settings: Settings) -> SyncReport:
                 await _apply(registry, request, report)
             except ValidationError as exc:
                 _refuse(report, path, str(invalid_request(exc)))
+                continue
             except RegistryError as exc:
                 _refuse(report, path, str(exc))
+                continue
+            await _configure_desired(shadows, ident.device_id, dev, f"{path}.desired")
     await _remove_undeclared(registry, declared, report)
     log.info(
         "configured devices: %d created, %d updated, %d unchanged, %d removed, %d refused",
@@ -104,6 +114,22 @@ async def _apply(registry: Registry, request: DeviceCreate, report: SyncReport) 
         device_id, request.node_id, request.product_id, request.device_name
     )
     report.updated.append(device_id)
+
+
+async def _configure_desired(
+    shadows: ShadowStore | None, device_id: str, dev: DeviceConfig[Any], path: str
+) -> None:
+    """The device's YAML `desired:` by product property; a bad value is logged, not fatal."""
+    if shadows is None or not dev.desired:
+        return
+    values = {dev.points[key].property or key: value for key, value in dev.desired.items()}
+    try:
+        changed = await shadows.configure_desired(device_id, values, field_prefix=path)
+    except RegistryError as exc:
+        log.error("%s: not applied: %s", path, exc)  # noqa: TRY400 - a configuration fault
+        return
+    if changed:
+        log.info("%s: desired %s", path, ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
 
 async def _remove_undeclared(registry: Registry, declared: set[str], report: SyncReport) -> None:

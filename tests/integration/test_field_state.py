@@ -197,3 +197,28 @@ async def test_telemetry_uses_the_product_property_name(tmp_path):
                 await asyncio.sleep(0.02)
     assert latest.values["virtual/room1/temperature"].value == 19.5
     assert "virtual/room1/t_raw" not in latest.values
+
+
+async def test_a_stepped_value_with_decimals_carries_no_float_noise(tmp_path):
+    settings = store_settings(tmp_path, connections={"virtual": {"driver": "memory", "devices": {
+        "room1": {"product_id": "thermostat", "interval_s": 0.01, "points": {
+            "temperature": {"initial": 20.0, "step": 0.1, "decimals": 1}}}}}})  # fmt: skip
+    sink = Recording()
+    async with running_app(settings, sink):
+        async with asyncio.timeout(10):
+            while len(sink.values) < 20:
+                await asyncio.sleep(0.02)
+    # 20.0 stepped by 0.1 seventeen times is 21.70000000000001 in binary floating point
+    assert [repr(v) for v in sink.values[:20]] == [repr(round(20 + i / 10, 1)) for i in range(20)]
+
+
+async def test_the_product_default_is_not_written_over_the_devices_setting(tmp_path):
+    async def test(api, app):
+        # the product's default setpoint is 20; the device holds 25 and keeps it
+        await eventually(lambda: api.reported("setpoint"), 25.0)
+        shadow = await api.shadow()
+        assert shadow["desired"]["properties"]["setpoint"] == 25.0
+        for _ in range(3):  # polls after the first reading: a write would go ahead of them
+            assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 25.0
+
+    await _with_api(_settings(tmp_path, initial=25.0), test)

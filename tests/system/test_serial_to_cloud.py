@@ -88,13 +88,13 @@ async def test_instrument_values_reach_the_cloud_and_desired_comes_back(tmp_path
         assert b"SET 22.5\r\n" in device.log  # the configured command frame
         assert device.setpoint == 22.5
         (answer,) = [u for u in config_updates(cloud, DEVICE) if "setpoint" in u]
-        assert answer["version"] == "7"
+        assert answer["version"] == 7  # echoed as the cloud sent it
 
         # a value the device refuses (the product allows it) is answered as refused
         await cloud.push(DEVICE, "config", {"version": 8, "setpoint": 35.0})
         await cloud.wait(lambda: any("refused" in u for u in config_updates(cloud, DEVICE)))
         refusal = next(u for u in config_updates(cloud, DEVICE) if "refused" in u)
-        assert refusal["version"] == "8"
+        assert refusal["version"] == 8
         assert "ERR range" in refusal["refused"]["setpoint"]
         assert device.setpoint == 22.5
         sets = [line for line in device.log if line.startswith(b"SET ")]

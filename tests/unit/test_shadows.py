@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
@@ -151,3 +152,91 @@ async def test_desired_changes_are_announced_coalesced(tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await pending
         await changes.aclose()
+
+
+async def test_a_product_default_is_never_a_write_and_stands_aside_for_the_device(tmp_path):
+    async with open_store(store_settings(tmp_path)) as store:
+        await _device(store, [{"service_id": "WaterMeter", "desired": {"label": "x"}}])
+        water = (await store.shadows.get(DEV))[0]
+        origins = {k: p.origin for k, p in water.desired.items()}
+        assert origins == {"temperature": "default", "valve_open": "default", "label": "request"}
+        # the cloud sees the defaults as desired, but only the asked value is to be written
+        assert water.delta() == {"temperature": 20, "valve_open": True, "label": "x"}
+        assert water.writes() == {"label": "x"}
+        # the device holds its own settings: desired shows them, nothing is left to write
+        await store.shadows.report(DEV, "WaterMeter", {"temperature": 65, "valve_open": False})
+        water = (await store.shadows.get(DEV))[0]
+        assert _values(water.desired) == {"temperature": 65, "valve_open": False, "label": "x"}
+        assert water.delta() == {"label": "x"}
+        assert water.writes() == {"label": "x"}
+        # a later desired change elsewhere in the service keeps the others unasked
+        (water, _) = await store.shadows.update_desired(
+            DEV, [DesiredUpdate("WaterMeter", {"label": "y"})]
+        )
+        assert not water.desired["valve_open"].asked
+        assert water.writes() == {"label": "y"}
+        # asking for a value makes it a write, even the default's own value
+        (water, _) = await store.shadows.update_desired(
+            DEV, [DesiredUpdate("WaterMeter", {"temperature": 20})]
+        )
+        assert water.desired["temperature"].asked
+        assert water.writes() == {"temperature": 20, "label": "y"}
+    async with open_store(store_settings(tmp_path)) as store:  # origins are stored
+        water = (await store.shadows.get(DEV))[0]
+        assert water.writes() == {"temperature": 20, "label": "y"}
+        assert water.desired["valve_open"].origin == "default"
+
+
+async def test_yaml_desired_takes_defaults_and_its_own_changes_but_not_later_requests(tmp_path):
+    async with open_store(store_settings(tmp_path)) as store:
+        await _device(store)
+        shadows = store.shadows
+        changes = shadows.desired_changes()
+        assert await asyncio.wait_for(anext(changes), 5) == (DEV, "WaterMeter")  # created
+        where = "connections.c.devices.d.desired"
+        assert await shadows.configure_desired(DEV, {"temperature": 30}, field_prefix=where) == {
+            "temperature": 30
+        }
+        assert await asyncio.wait_for(anext(changes), 5) == (DEV, "WaterMeter")
+        water = (await shadows.get(DEV))[0]
+        assert (water.version, water.desired["temperature"].origin) == (1, "config")
+        assert water.writes() == {"temperature": 30}
+        # the same file at the next start changes nothing
+        assert await shadows.configure_desired(DEV, {"temperature": 30}, field_prefix=where) == {}
+        # a changed file does
+        assert await shadows.configure_desired(DEV, {"temperature": 31}, field_prefix=where) == {
+            "temperature": 31
+        }
+        # a value asked for through the API or the cloud stands
+        await shadows.update_desired(DEV, [DesiredUpdate("WaterMeter", {"temperature": 40})])
+        assert await shadows.configure_desired(DEV, {"temperature": 32}, field_prefix=where) == {}
+        assert (await shadows.get(DEV))[0].desired["temperature"].value == 40
+        with pytest.raises(InvalidField) as info:
+            await shadows.configure_desired(DEV, {"flow": 1}, field_prefix=where)
+        assert info.value.field == f"{where}.flow"  # read-only
+        with pytest.raises(InvalidField) as info:
+            await shadows.configure_desired(DEV, {"nothing": 1}, field_prefix=where)
+        assert info.value.field == f"{where}.nothing"
+        await changes.aclose()
+
+
+async def test_values_stored_before_origins_equal_to_the_default_are_defaults(tmp_path):
+    async with open_store(store_settings(tmp_path)) as store:
+        await _device(store, [{"service_id": "WaterMeter", "desired": {"temperature": 60}}])
+        # as an older gatewayd stored them: [value, time], no origin
+        at = "2024-01-01T00:00:00+00:00"
+        legacy = json.dumps({"temperature": [60, at], "valve_open": [True, at]})
+        await store.db.run(
+            lambda conn: conn.execute(
+                "UPDATE shadows SET desired = ? WHERE device_id = ? AND service_id = ?",
+                (legacy, DEV, "WaterMeter"),
+            )
+        )
+        water = (await store.shadows.get(DEV))[0]
+        assert water.writes() == {"temperature": 60}  # differs from the default: asked
+        assert water.desired["valve_open"].origin == "default"
+        (water, _) = await store.shadows.update_desired(
+            DEV, [DesiredUpdate("WaterMeter", {"label": "x"})]
+        )
+        assert water.version == 1
+        assert water.writes() == {"temperature": 60, "label": "x"}  # stored with origins now
