@@ -211,13 +211,19 @@ class App:
 
     def _cancel_lingering(self) -> None:
         lingering = [t for t in self._tasks if not t.done()]
+        if lingering:
+            # Every task still running, nested ones too: the one that ignored its
+            # cancellation is among them, and the log is all there is to find it by.
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current and not task.done():
+                    log.error(
+                        "still running after the stop began: task %s, in %s",
+                        task.get_name(),
+                        " -> ".join(awaiting(task)) or "?",
+                    )
         for task in lingering:
-            log.error(
-                "task %s is still running after the stop began: cancelling it again; it waits "
-                "in %s",
-                task.get_name(),
-                " <- ".join(reversed(awaiting(task))) or "?",
-            )
+            log.error("cancelling task %s again", task.get_name())
             task.cancel()
         if self._recancel is not None:
             self._recancel.cancel()

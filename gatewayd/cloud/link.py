@@ -216,6 +216,7 @@ class Uplink:
         devices = [c.device_id for c in self._children.children()]
         topics = native.subscriptions(self._gateway_id, devices)
         await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
+        raise_if_cancelled()  # the SUBACK is awaited with wait_for too (see `_connection`)
         self.connects += 1
         version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
         self._component.up(f"{self._host}:{self._config.effective_port} ({version})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -130,3 +131,85 @@ def check_no_loss(telemetry: list[Any]) -> dict[tuple[str, str], int]:
 
 
 __all__ = ["DEVICES", "Daemon", "check_no_loss", "daemon_config", "free_port"]
+
+
+class Spawned:
+    """`gatewayd run` as an asyncio subprocess whose log lines are read as they come.
+
+    For the lifecycle tests: wait for a line, send a signal at that moment, and time the exit.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.times: list[float] = []  # time.monotonic() each line arrived at
+        self._new = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(), name="spawned.stderr")
+        self.exited_at = 0.0
+
+    @classmethod
+    async def start(cls, config: Path) -> Spawned:
+        proc = await asyncio.create_subprocess_exec(
+            *gatewayd_cmd(),
+            "run",
+            "-c",
+            str(config),
+            env=daemon_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            self.times.append(time.monotonic())
+            self._new.set()
+        self._new.set()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_line(self, text: str, timeout_s: float = 15.0) -> str:
+        """The first log line containing `text`; fails if the daemon exits or time runs out."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    for line in self.lines:
+                        if text in line:
+                            return line
+                    if self._reader.done():
+                        raise AssertionError(f"exited without {text!r}:\n{self.log[-3000:]}")
+                    self._new.clear()
+                    await self._new.wait()
+        except TimeoutError:
+            raise AssertionError(f"no {text!r} in {timeout_s} s:\n{self.log[-3000:]}") from None
+
+    async def exit(self, timeout_s: float) -> tuple[int, float]:
+        """(exit status, seconds waited); kills it and fails after `timeout_s`."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                status = await self.proc.wait()
+                self.exited_at = time.monotonic()
+                await self._reader
+        except TimeoutError:
+            await self.kill()
+            tail = self.log[-3000:]
+            raise AssertionError(f"still running after {timeout_s} s:\n{tail}") from None
+        return status, self.exited_at - started
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 5.0) -> tuple[int, float]:
+        """Send `sig`; (exit status, seconds from the signal to the exit)."""
+        self.proc.send_signal(sig)
+        return await self.exit(timeout_s)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader

@@ -1,0 +1,185 @@
+"""Issue 14, item 7: SIGTERM (or SIGINT) at any moment stops the real daemon within 5 s, exit 0.
+
+The moments: a connect to a peer that accepts TCP and never answers the CONNECT, an outage
+with a backlog (the link in its backoff), a drain of that backlog, and a second signal while
+the first stop is closing the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fault.daemon_setup import TOKEN, Spawned, check_no_loss, free_port
+from tests.fault.test_lifecycle_startup import LINGERING, STOP_S, lifecycle_config
+from tests.mqtt_broker import Broker
+from tests.refcloud import RefCloud
+
+pytestmark = [pytest.mark.timeout(120)]
+
+MQTT_CONNECT = 0x10
+
+
+class SilentBroker:
+    """Accepts TCP, reads the CONNECT, never answers: the connect can only end by timeout."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self.got_connect = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        first = await reader.read(1)
+        if first and first[0] == MQTT_CONNECT:
+            self.connects += 1
+            self.got_connect.set()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[SilentBroker]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            for writer in self._writers:
+                writer.close()
+            await server.wait_closed()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_during_a_connect_that_is_never_answered_stops_it(tmp_path, sig):
+    async with SilentBroker().running() as peer:
+        # The connect would wait 60 s for its CONNACK: only the stop can end it.
+        config = lifecycle_config(tmp_path, peer.port, free_port(), connect_timeout_s=60)
+        daemon = await Spawned.start(config)
+        try:
+            await daemon.wait_line("ready")
+            async with asyncio.timeout(15):
+                await peer.got_connect.wait()
+            status, took = await daemon.stop(sig, STOP_S)
+        finally:
+            await daemon.kill()
+    print(f"{sig.name} while the CONNECT waits for its answer: exit {status} in {took:.2f} s")
+    assert status == 0, daemon.log[-2000:]
+    assert peer.connects == 1
+    assert "Traceback" not in daemon.log
+    assert LINGERING not in daemon.log, daemon.log[-3000:]
+
+
+async def test_sigterm_during_the_drain_of_a_backlog_stops_it_and_loses_nothing(tmp_path):
+    """A backlog built during an outage; the stop comes as the cloud receives its first part.
+    Then a second run drains the rest: every record arrives, none with a gap."""
+    broker = Broker(tmp_path / "broker", persistence=True)
+    broker.start()
+    try:
+        async with RefCloud(broker.port).running() as cloud:
+            config = lifecycle_config(tmp_path, broker.port, free_port(), reconnect_max_s=0.5)
+            daemon = await Spawned.start(config)
+            try:
+                await cloud.wait(lambda: len(cloud.telemetry()) >= 100, timeout_s=20)
+                broker.stop()
+                backlog = await _backlog(tmp_path, at_least=5000)
+                before = len(cloud.telemetry())
+                broker.start()
+                await cloud.wait(lambda: len(cloud.telemetry()) > before + 200, timeout_s=20)
+                status, took = await daemon.stop(signal.SIGTERM, STOP_S)
+            finally:
+                await daemon.kill()
+            left = await _stored(tmp_path)
+            print(
+                f"SIGTERM while draining a backlog of {backlog}: exit {status} in {took:.2f} s, "
+                f"{left} records left for the next run"
+            )
+            assert status == 0, daemon.log[-2000:]
+            assert LINGERING not in daemon.log, daemon.log[-3000:]
+            assert left > 0, "the drain was over before the stop: nothing was proven"
+            await _drain(tmp_path, broker, cloud)
+    finally:
+        broker.stop()
+
+
+async def test_a_second_signal_while_the_first_stop_closes_the_outbox(tmp_path):
+    """An outage, a backlog buffered and being committed: SIGTERM, then SIGINT as the daemon
+    logs that it is stopping. Neither hangs the close nor loses what was stored."""
+    broker = Broker(tmp_path / "broker")  # never started: the whole run is an outage
+    config = lifecycle_config(tmp_path, broker.port, free_port(), reconnect_max_s=0.5)
+    daemon = await Spawned.start(config)
+    try:
+        await daemon.wait_line("ready")
+        await _backlog(tmp_path, at_least=2000)
+        daemon.proc.send_signal(signal.SIGTERM)
+        await daemon.wait_line("stopping")
+        status, took = await daemon.stop(signal.SIGINT, STOP_S)
+    finally:
+        await daemon.kill()
+    print(f"SIGINT during the stop: exit {status} {took:.2f} s after it")
+    assert status == 0, daemon.log[-2000:]
+    assert "Traceback" not in daemon.log
+    assert LINGERING not in daemon.log, daemon.log[-3000:]
+
+
+async def _backlog(tmp_path: Path, at_least: int) -> int:
+    """Wait until the outbox file holds `at_least` records."""
+    async with asyncio.timeout(30):
+        while (n := await _stored(tmp_path)) < at_least:
+            await asyncio.sleep(0.2)
+    return n
+
+
+async def _stored(tmp_path: Path) -> int:
+    """Records in the outbox file, read with SQLite as they are."""
+    path = tmp_path / "state" / "outbox.db"
+
+    def count() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.execute("PRAGMA busy_timeout = 2000")
+            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    return await asyncio.to_thread(count)
+
+
+async def _drain(tmp_path: Path, broker: Broker, cloud: RefCloud) -> None:
+    port = free_port()
+    config = lifecycle_config(tmp_path, broker.port, port, producing=False)
+    daemon = await Spawned.start(config)
+    try:
+        await daemon.wait_line("ready")
+        async with asyncio.timeout(60):
+            while await _records(port) > 0:
+                await asyncio.sleep(0.2)
+        await daemon.stop(signal.SIGTERM, STOP_S)
+    finally:
+        await daemon.kill()
+    marker = "marker"
+    await cloud.push(marker, "cloud_settings/update", {"property": "end", "value": 1}, 60)
+    await cloud.wait(lambda: cloud.of("cloud_settings/update", marker), timeout_s=30)
+    highest = check_no_loss(cloud.telemetry())
+    sent = sum(h + 1 for h in highest.values())
+    unique = len({u.body["record_id"] for u in cloud.telemetry()})
+    print(f"sent {sent}, delivered {unique}, duplicated {len(cloud.telemetry()) - unique}")
+    assert unique == sent
+
+
+async def _records(port: int) -> int:
+    def get() -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/outbox/stats", headers={"X-Auth-Token": TOKEN}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(json.load(resp)["records"])
+
+    return await asyncio.to_thread(get)
