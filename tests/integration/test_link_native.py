@@ -239,7 +239,7 @@ async def test_malformed_downlinks_are_dropped_and_the_link_stays_up(tmp_path, b
         assert gw.uplink.connects == 1
         messages = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
         assert len(messages) == 8
-        assert any("commands: id: Field required" in m for m in messages)
+        assert any("/commands' (" in m and ": id: Field required" in m for m in messages)
         assert any("payload is not JSON" in m for m in messages)
 
 
