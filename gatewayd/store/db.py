@@ -187,10 +187,11 @@ def _in_transaction(work: Callable[[sqlite3.Connection], T], conn: sqlite3.Conne
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = work(conn)
+        conn.execute("COMMIT")  # can fail too (a full disk): then rolled back, never left open
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself on a full disk, or not
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 

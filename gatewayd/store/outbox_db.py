@@ -209,7 +209,7 @@ class OutboxTables:
                 self._count_drops(conn, batch.drops)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self.count, self.bytes = count, size
         if first:
@@ -263,7 +263,7 @@ class OutboxTables:
             self._count_drops(conn, drops)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self.count -= sum(n for _, n, _, _ in rows)
         self.bytes -= sum(b for _, _, b, _ in rows)
@@ -370,6 +370,13 @@ class OutboxTables:
             "ON CONFLICT (reason, device) DO UPDATE SET count = count + excluded.count",
             [(reason, device, n) for (reason, device), n in drops.items()],
         )
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # On a full disk SQLite may have rolled the transaction back itself: a second ROLLBACK
+    # would raise and hide the error that matters.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:

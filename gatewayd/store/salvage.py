@@ -131,7 +131,8 @@ def _copy(
                 continue
         new.execute("COMMIT")
     except BaseException:
-        new.execute("ROLLBACK")
+        if new.in_transaction:
+            new.execute("ROLLBACK")
         raise
     return copied
 
