@@ -16,7 +16,7 @@ from typing import Any
 
 from gatewayd.driver import ConnectionConfig, DeviceConfig
 from gatewayd.identity import child_identity
-from gatewayd.products import ProductCatalog
+from gatewayd.products import Product, ProductCatalog
 from gatewayd.settings import Settings
 
 __all__ = ["Finding", "conflict_findings", "product_findings"]
@@ -39,7 +39,11 @@ def conflict_findings(settings: Settings) -> list[Finding]:
 
 
 def product_findings(settings: Settings, products: ProductCatalog) -> list[Finding]:
-    """Devices naming a product that has no file, and points that are not its properties."""
+    """A device naming a product with no file; points the product does not describe.
+
+    A point that is not a property of its device's product, a writable point whose property
+    is read-only (or the reverse), and a settable property no point can write.
+    """
     found = []
     for conn_id, conn, dev_id, device in _devices(settings.connections):
         here = ("connections", conn_id, "devices", dev_id)
@@ -55,13 +59,39 @@ def product_findings(settings: Settings, products: ProductCatalog) -> list[Findi
                 reason = f"product {product_id!r} has no product file {where}"
                 found.append(Finding((*here, "product_id"), reason))
             continue
-        names = {p.name for service in product.services for p in service.properties}
-        for point_id, point in device.points.items():
-            prop = point.property or point_id
-            if prop not in names:
-                key = (*here, "points", point_id, *(("property",) if point.property else ()))
-                reason = f"{prop!r} is not a property of product {product_id!r}"
-                found.append(Finding(key, reason))
+        found += _points_against(here, device, product)
+    return found
+
+
+def _points_against(
+    here: tuple[str, ...], device: DeviceConfig[Any], product: Product
+) -> list[Finding]:
+    """Each point is a property of the product, writable as the property is settable."""
+    found = []
+    props = {p.name: p for service in product.services for p in service.properties}
+    pid = product.product_id
+    carried = set()
+    for point_id, point in device.points.items():
+        name = point.property or point_id
+        carried.add(name)
+        prop = props.get(name)
+        key = (*here, "points", point_id)
+        if prop is None:
+            where = (*key, "property") if point.property else key
+            found.append(Finding(where, f"{name!r} is not a property of product {pid!r}"))
+        elif point.writable and not prop.writable:
+            reason = f"writable, but property {name!r} of product {pid!r} is read-only"
+            found.append(Finding((*key, "writable"), reason))
+        elif prop.writable and not point.writable:
+            reason = (
+                f"property {name!r} of product {pid!r} is settable (access {prop.access}), "
+                "but the point is not writable: what is asked for is never written"
+            )
+            found.append(Finding(key, reason))
+    for name, prop in props.items():
+        if prop.writable and name not in carried:
+            reason = f"settable property {name!r} of product {pid!r} has no point to write"
+            found.append(Finding((*here, "points"), reason))
     return found
 
 

@@ -168,3 +168,40 @@ def test_product_warnings_name_file_line_and_key(tmp_path):
 def test_the_schema_offers_only_what_is_implemented():
     schema = Settings.model_json_schema()
     assert schema["$defs"]["CloudConfig"]["properties"]["dialect"]["const"] == "native"
+
+
+def test_writability_against_the_product_is_checked(tmp_path):
+    main = tmp_path / "gatewayd.yaml"
+    main.write_text(
+        BASE
+        + "products: products\n"
+        + MEMORY
+        + "      room:\n"  # line 9
+        + "        product_id: thermostat\n"
+        + "        points:\n"
+        + "          temperature: {writable: true}\n"  # line 12
+        + "          mode: {}\n"  # line 13
+    )
+    (tmp_path / "products").mkdir()
+    (tmp_path / "products" / "thermostat.yaml").write_text(
+        PRODUCT
+        + "      - {name: mode, type: string, access: RW}\n"
+        + "      - {name: setpoint, type: decimal, access: RW}\n"
+    )
+    loaded = load_config(main)
+    warnings = [str(w) for w in loaded.product_warnings(load_products(loaded.settings.products))]
+    room = f"{main}: connections.c.devices.room.points"
+    assert warnings == [
+        (
+            f"{room}.temperature.writable: writable, but property 'temperature' of product "
+            "'thermostat' is read-only (line 12)"
+        ),
+        (
+            f"{room}.mode: property 'mode' of product 'thermostat' is settable (access RW), "
+            "but the point is not writable: what is asked for is never written (line 13)"
+        ),
+        (
+            f"{room}: settable property 'setpoint' of product 'thermostat' has no point to write "
+            "(line 11)"
+        ),
+    ]
