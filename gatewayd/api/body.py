@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +35,6 @@ BODY_TIMEOUT_KEY = web.AppKey("api.body_timeout_s", float)
 _DEFAULT_BODY_TIMEOUT_S = 30.0
 
 # Strings (with their escapes) are skipped when counting brackets: a "[" inside one nests nothing.
-# An unterminated string runs to the end, so a failed match never rescans (linear time).
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)', re.DOTALL)
 _FOLD = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
@@ -122,7 +119,11 @@ def nesting_depth(data: bytes, limit: int) -> int:
     Each pass deletes the innermost pairs, so the passes counted are the depth; every pass is
     one C-level replace, so a megabyte of brackets costs a few milliseconds, not a Python loop.
     """
-    brackets = _STRING.sub(b"", data).translate(_FOLD, _NOT_BRACKETS)
+    # With the escapes gone (each backslash pair first, then each backslash-quote) no string
+    # holds a quote, so every other piece between quotes is outside the strings.
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[0::2])
+    brackets = outside.translate(_FOLD, _NOT_BRACKETS)
     depth = 0
     while brackets and depth <= limit:
         inner = brackets.replace(b"[]", b"")

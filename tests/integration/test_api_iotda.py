@@ -383,3 +383,64 @@ async def test_openapi_describes_every_route(api):
     schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert {"node_id", "product_id", "auth_info", "shadow"} <= set(schema["properties"])
     assert create["x-scope"] == "admin"
+
+
+async def test_a_wrong_method_is_405_with_allow(api):
+    async with api.session.patch(
+        f"{api.base}{BASE}/{GW}", json={}, headers={"X-Auth-Token": ADMIN}
+    ) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "DELETE, GET, PUT"
+        body = await resp.json()
+    assert body["error_code"] == "METHOD_NOT_ALLOWED"
+    assert body["error_msg"].startswith("method: PATCH is not allowed")
+
+
+async def test_per_device_cloud_routes_know_only_registered_devices(api):
+    for route in ("commands", "licenses", "config", "space-info", "firmware"):
+        status, body = await api.call("GET", f"/v1/devices/nobody/cloud/{route}")
+        assert (status, body["error_code"]) == (404, "DEVICE_NOT_FOUND"), route
+        assert body["error_msg"] == "device_id: no device 'nobody'"
+        status, body = await api.call("GET", f"/v1/devices/a%20b/cloud/{route}")
+        assert (status, body["error_code"]) == (400, "INVALID_PARAMETER"), route
+    assert await api.call("GET", f"/v1/devices/{GW}/cloud/commands") == (200, {"commands": []})
+    assert await api.call("GET", f"/v1/devices/{GW}/cloud/licenses") == (200, {"licenses": []})
+    status, body = await api.call("GET", f"/v1/devices/{GW}/cloud/config")
+    assert (status, body["error_code"]) == (404, "NOT_FOUND")
+
+
+async def test_the_document_states_what_the_code_checks(api):
+    _, doc = await api.call("GET", "/openapi.json")
+    listing = doc["paths"]["/v5/iot/{project_id}/devices"]["get"]
+    params = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert params["project_id"] == {"type": "string", "enum": ["proj1"]}
+    assert params["product_id"]["pattern"] == "^[A-Za-z0-9_-]{1,36}$"
+    assert params["offset"] == {"type": "integer", "minimum": 0, "maximum": 500}
+    assert params["status"]["enum"] == ["ONLINE", "OFFLINE", "ABNORMAL", "INACTIVE", "FROZEN"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if path.startswith("/v5/"):
+                assert "404" in op["responses"], (method, path)
+            if "{device_id}" in path or method != "get":
+                assert "400" in op["responses"], (method, path)
+    assert "400" in doc["paths"]["/v5/iot/{project_id}/devices/{device_id}"]["delete"]["responses"]
+    dead = doc["paths"]["/v1/outbox/dead-letters"]["get"]["parameters"]
+    assert {p["name"]: p["schema"].get("maximum") for p in dead} == {
+        "limit": 1000,
+        "offset": 10**9,
+    }
+    create = doc["components"]["schemas"]["DeviceCreate"]["properties"]["product_id"]
+    assert create["enum"] == sorted(api.app.store.products)
+
+    status, body = await api.call("GET", f"{BASE}?product_id=")
+    _assert_error(status, body, 400, "product_id")
+    status, body = await api.call("GET", f"{BASE}?offset=501")
+    _assert_error(status, body, 400, "offset")
+    status, body = await api.call("GET", "/v1/outbox/dead-letters?offset=1000000001")
+    _assert_error(status, body, 400, "offset")
+    status, body = await api.call("GET", f"/v1/outbox/dead-letters?offset={'9' * 5000}")
+    _assert_error(status, body, 400, "offset")
+    status, body = await api.call("GET", f"{BASE}?marker={'f' * 23}e")
+    assert status == 200, body
+    status, body = await api.call("GET", f"{BASE}/a%20b")
+    _assert_error(status, body, 400, "device_id")
