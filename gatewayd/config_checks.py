@@ -98,8 +98,12 @@ def _points_against(
 def _state_dir(state_dir: Path) -> Iterator[Finding]:
     """A state directory that cannot be one is refused here, not by `run` creating it."""
     for candidate in (state_dir, *state_dir.parents):
-        if candidate.exists():
-            if candidate.is_dir():
+        try:
+            exists, is_dir = candidate.exists(), candidate.is_dir()
+        except OSError:  # not ours to look at: `run` says why it cannot use it
+            return
+        if exists:
+            if is_dir:
                 return
             if candidate == state_dir:
                 reason = f"{state_dir} is a file, not a directory"
