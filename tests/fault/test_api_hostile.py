@@ -270,3 +270,30 @@ def test_idle_and_half_sent_connections_are_closed_and_fds_come_back(daemon: Dae
         f"fds before {before}, peak {peak}, after {after}; all 1000 closed "
         f"{last_closed_after:.1f} s after the last opened, longest life {max(lifetimes):.2f} s"
     )
+
+
+def test_when_every_connection_is_busy_a_new_one_is_closed_at_once(daemon: Daemon) -> None:
+    wait_for(lambda: open_fds(daemon) < 40, 10, "the earlier tests' connections to close")
+    before = open_fds(daemon)
+    busy = []
+    try:
+        for _ in range(MAX_CONNECTIONS):  # each a handler waiting for the rest of its body
+            sock = socket.create_connection(("127.0.0.1", daemon.api_port), timeout=10)
+            sock.sendall(http("PUT", SHADOW, b'{"shadow":[]}')[:-5])
+            busy.append(sock)
+        wait_for(lambda: open_fds(daemon) >= before + MAX_CONNECTIONS, 5, "all connections open")
+        with socket.create_connection(("127.0.0.1", daemon.api_port), timeout=10) as late:
+            late.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            started = time.monotonic()
+            assert _closed(late)
+            refused_in = time.monotonic() - started
+        assert refused_in < 1.0
+        # Each busy one is answered when its body is overdue, then closed; nothing is stuck.
+        answers = {sock.recv(65536).split(b"\r\n", 1)[0] for sock in busy}
+        assert answers == {b"HTTP/1.1 408 Request Timeout"}
+    finally:
+        for sock in busy:
+            sock.close()
+    wait_for(lambda: open_fds(daemon) <= before + 2, 10, "the daemon's fds to come back")
+    assert answered(daemon)
+    still_alive(daemon)
