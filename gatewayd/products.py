@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gatewayd.config_yaml import YamlProblem, read_yaml
 from gatewayd.errors import ConfigError
 
 __all__ = [
@@ -220,24 +220,27 @@ def load_products(directory: Path | None) -> ProductCatalog:
 
 
 def _load_file(file: Path) -> Product:
+    """One product file, read under the configuration's YAML bounds (`gatewayd.config_yaml`)."""
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProductError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
-    except yaml.YAMLError as exc:
-        raise ProductError([f"{file}: not valid YAML: {exc}"]) from exc
-    if not isinstance(data, dict):
+        doc = read_yaml(file)
+    except YamlProblem as exc:
+        loc = ".".join(exc.path)
+        at = f" (line {exc.line})" if exc.line is not None else ""
+        raise ProductError([f"{file}: {loc + ': ' if loc else ''}{exc.reason}{at}"]) from None
+    if not doc.data:
         raise ProductError([f"{file}: the top level must be a mapping (one product per file)"])
     try:
-        return Product.model_validate(data)
+        return Product.model_validate(doc.data)
     except ValidationError as exc:
-        raise ProductError([_describe(file, err) for err in exc.errors()]) from None
+        raise ProductError([_describe(file, err, doc.lines) for err in exc.errors()]) from None
 
 
-def _describe(file: Path, error: Any) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
+def _describe(file: Path, error: Any, lines: Mapping[tuple[str, ...], int]) -> str:
+    path = tuple(str(p) for p in error["loc"])
     msg = str(error["msg"]).removeprefix("Value error, ")
-    return f"{file}: {loc}: {msg}" if loc else f"{file}: {msg}"
+    line = next((lines[path[:end]] for end in range(len(path), 0, -1) if path[:end] in lines), None)
+    at = f" (line {line})" if line is not None else ""
+    return f"{file}: {'.'.join(path)}: {msg}{at}" if path else f"{file}: {msg}{at}"
 
 
 def _no_duplicates(names: list[str], field: str, what: str) -> None:

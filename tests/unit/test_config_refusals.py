@@ -7,9 +7,9 @@ import time
 import pytest
 
 from gatewayd.config_load import InvalidConfig, load_config, load_settings
-from gatewayd.products import load_products
+from gatewayd.products import ProductError, load_products
 from gatewayd.settings import Settings
-from tests.e2e.test_config_hostile import BASE, CASES, MEMORY, PRODUCT, SITE, _write
+from tests.e2e.test_config_hostile import BASE, CASES, MEMORY, PRODUCT, SITE, _laughs, _write
 from tests.helpers import write_yaml
 
 
@@ -203,5 +203,26 @@ def test_writability_against_the_product_is_checked(tmp_path):
         (
             f"{room}: settable property 'setpoint' of product 'thermostat' has no point to write "
             "(line 11)"
+        ),
+    ]
+
+
+def test_a_product_file_is_read_under_the_same_bounds(tmp_path):
+    products = tmp_path / "products"
+    products.mkdir()
+    (products / "bomb.yaml").write_text("product_id: p\nname: P\n" + _laughs("[", "]", "lol{}"))
+    (products / "twice.yaml").write_text("product_id: q\nname: Q\nname: R\n")
+    started = time.monotonic()
+    with pytest.raises(ProductError) as info:
+        load_products(products)
+    assert time.monotonic() - started < 1.0
+    assert info.value.problems == [
+        (
+            f"{products / 'bomb.yaml'}: l5.0: through aliases, the document grows past 200,000 "
+            "values (the most it may hold) (line 8)"
+        ),
+        (
+            f"{products / 'twice.yaml'}: name: duplicate key (first at line 2): the second would "
+            "win (line 3)"
         ),
     ]
