@@ -53,7 +53,8 @@ class ConnectionGuard:
         self._waiting: dict[_Guarded, None] = {}
         self.closed: Counter[str] = Counter()
         self._unreported: Counter[str] = Counter()
-        self._reported_at = self._loop.time()
+        self._reported_at = self._loop.time() - _REPORT_EVERY_S
+        self._report_due: asyncio.TimerHandle | None = None
         handler = server.request_handler
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -108,14 +109,30 @@ class ConnectionGuard:
         guarded.close()
 
     def _count(self, reason: str) -> None:
+        """Count a closed connection; the log has one line a minute at most, with the counts."""
         self.closed[reason] += 1
         self._unreported[reason] += 1
-        now = self._loop.time()
-        if now - self._reported_at >= _REPORT_EVERY_S or sum(self.closed.values()) == 1:
+        if self._report_due is not None:
+            return
+        wait = self._reported_at + _REPORT_EVERY_S - self._loop.time()
+        if wait <= 0:
+            self._report()
+        else:
+            self._report_due = self._loop.call_later(wait, self._report)
+
+    def _report(self) -> None:
+        self._report_due = None
+        if self._unreported:
             what = ", ".join(f"{n} {why}" for why, n in sorted(self._unreported.items()))
             log.warning("api: connections closed: %s (max_connections=%d)", what, self._limit)
             self._unreported.clear()
-            self._reported_at = now
+            self._reported_at = self._loop.time()
+
+    def close(self) -> None:
+        """The server stops: log what was not yet logged."""
+        if self._report_due is not None:
+            self._report_due.cancel()
+        self._report()
 
 
 class _Guarded(asyncio.Protocol):

@@ -169,6 +169,8 @@ class ApiServer:
             if listener is not None:
                 listener.close()
             await runner.cleanup()
+            if self.guard is not None:
+                self.guard.close()
 
 
 _SHUTDOWN_TIMEOUT_S = 2.0
