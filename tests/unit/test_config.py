@@ -75,6 +75,8 @@ def test_every_error_is_listed_with_file_and_path(tmp_path):
     assert f"{main}: api.port: Input should be a valid integer" in text
     assert f"{main}: connections.sim.timeot_s: Extra inputs are not permitted" in text
     assert len(info.value.problems) == 3
+    # the line of the key, or of the mapping a missing key belongs in
+    assert [p.line for p in info.value.problems] == [1, 4, 8], main.read_text()
 
 
 def test_error_names_the_conf_d_file_that_set_the_key(tmp_path):
