@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,9 +39,10 @@ class Counts:
         )
 
 
-def counts(cloud: RefCloud) -> Counts:
-    """Count what reached the cloud; fails on a gap or a changed duplicate."""
-    telemetry = cloud.telemetry()
+def counts(cloud: RefCloud, devices: Collection[str] | None = None) -> Counts:
+    """Count what reached the cloud (of `devices`, default all); fails on a gap or a
+    changed duplicate."""
+    telemetry = [u for u in cloud.telemetry() if devices is None or u.device in devices]
     highest = check_no_loss(telemetry)
     sent = sum(h + 1 for h in highest.values())
     delivered = len({u.body["record_id"] for u in telemetry})
@@ -50,12 +51,18 @@ def counts(cloud: RefCloud) -> Counts:
 
 def config(tmp_path: Path, broker_port: int, api_port: int, **changes: Any) -> Path:
     """`daemon_config` with changes: `cloud`, `outbox`, `api` merged by key, others set;
-    `interval_s` sets every device's poll interval (10 devices: 100 / interval_s records/s)."""
+    `interval_s` sets every device's poll interval (10 devices: 100 / interval_s records/s);
+    `device_prefix` renames the devices d0..d9 (to run two daemons against one cloud)."""
     name = changes.pop("name", "gw")
+    prefix = changes.pop("device_prefix", None)
     producing = changes.pop("producing", True)
     interval_s = changes.pop("interval_s", None)
     path = daemon_config(tmp_path, broker_port, api_port, producing=producing, name=name)
     data = yaml.safe_load(path.read_text())
+    if prefix is not None:
+        for connection in data["connections"].values():
+            devices = connection["devices"]
+            connection["devices"] = {f"{prefix}{k[1:]}": v for k, v in devices.items()}
     if interval_s is not None:
         for connection in data["connections"].values():
             for device in connection["devices"].values():
@@ -94,7 +101,7 @@ async def first_publish_after(
     return first - (since if start is None else start)
 
 
-def _read_at(uplink: Any) -> float:
+def read_at(uplink: Any) -> float:
     stamp = uplink.body["timestamp"].replace("Z", "+00:00")
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -103,19 +110,25 @@ async def fresh(cloud: RefCloud, wall_since: float, timeout_s: float) -> None:
     """Wait for telemetry read after `wall_since` (wall clock): the link carries new data."""
     try:
         await cloud.wait(
-            lambda: any(_read_at(u) > wall_since for u in cloud.telemetry()[-200:]), timeout_s
+            lambda: any(read_at(u) > wall_since for u in cloud.telemetry()[-200:]), timeout_s
         )
     except TimeoutError:
         last = cloud.telemetry()[-1]
         msg = (
             f"no reading taken after {wall_since:.3f} arrived in {timeout_s} s; the last "
-            f"arrival was read at {_read_at(last):.3f}, {time.monotonic() - last.at:.1f} s ago"
+            f"arrival was read at {read_at(last):.3f}, {time.monotonic() - last.at:.1f} s ago"
         )
         raise AssertionError(msg) from None
 
 
 async def drain(
-    tmp_path: Path, broker_port: int, refcloud: RefCloud, *, state: str = "state", **changes: Any
+    tmp_path: Path,
+    broker_port: int,
+    refcloud: RefCloud,
+    *,
+    state: str = "state",
+    devices: Collection[str] | None = None,
+    **changes: Any,
 ) -> Counts:
     """Run the daemon without producing on the same state dir until its outbox is empty,
     then prove the cloud has everything acknowledged (a marker behind it) and count."""
@@ -142,4 +155,4 @@ async def drain(
     marker = f"marker-{time.monotonic_ns()}"
     await refcloud.push(marker, "cloud_settings/update", {"property": "end", "value": 1}, 60)
     await refcloud.wait(lambda: refcloud.of("cloud_settings/update", marker), timeout_s=30)
-    return counts(refcloud)
+    return counts(refcloud, devices)
