@@ -75,7 +75,8 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
     """Parse `data` as one JSON object under this module's limits.
 
     Raises:
-        ApiError: 400 `INVALID_JSON` naming the problem (and the field, for a value).
+        ApiError: 400 `INVALID_JSON` naming the problem, or `INVALID_FIELD` naming the field
+            of a value out of bounds (a long integer, an infinite number, a lone surrogate).
     """
     try:
         text = data.decode("utf-8")
