@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,11 +12,14 @@ from dataclasses import dataclass
 from gatewayd.errors import ConfigError
 from gatewayd.products import ProductCatalog, load_products
 from gatewayd.settings import Settings
+from gatewayd.store.access import Trouble, classify
 from gatewayd.store.db import Database, open_database
 from gatewayd.store.errors import RegistryError
 from gatewayd.store.registry import Registry
 from gatewayd.store.shadows import ShadowStore
 from gatewayd.store.sync import SyncReport, sync_configured
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STATE_FILE", "Store", "open_store"]
 
@@ -47,14 +52,15 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     async with open_database(settings.state_dir / STATE_FILE) as db:
         shadows = ShadowStore(db, products, flush_ms=settings.shadows.reported_flush_ms)
         registry = Registry(db, products, shadows)
-        gw = settings.gateway
         try:
-            await registry.register_gateway(
-                gw.effective_device_id, gw.node_id, gw.product_id, gw.name
-            )
-        except RegistryError as exc:
-            raise ConfigError(str(exc)) from exc
-        report = await sync_configured(registry, settings, shadows)
+            report = await _register(registry, settings, shadows)
+        except sqlite3.OperationalError as exc:
+            if classify(exc) is not Trouble.DISK:
+                raise
+            # A full disk at start: the registry stays as the last run left it, the daemon
+            # runs (the outbox holds what it cannot write); a restart syncs again.
+            log.error("state database not updated at start (%s): the registry is as it was", exc)  # noqa: TRY400
+            report = SyncReport()
         try:
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(shadows.run(), name="shadows.flush")
@@ -64,3 +70,12 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
                     flusher.cancel()
         finally:
             await shadows.close()
+
+
+async def _register(registry: Registry, settings: Settings, shadows: ShadowStore) -> SyncReport:
+    gw = settings.gateway
+    try:
+        await registry.register_gateway(gw.effective_device_id, gw.node_id, gw.product_id, gw.name)
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from exc
+    return await sync_configured(registry, settings, shadows)

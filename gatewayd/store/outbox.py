@@ -365,9 +365,6 @@ class Outbox:
             drops: dict[str, dict[str, int]] = {}
             for reason, device, n in conn.execute("SELECT reason, device, count FROM drops"):
                 drops.setdefault(reason, {})[device] = n
-            for (reason, device), n in unwritten_drops.items():  # not written yet (a full disk)
-                by_device = drops.setdefault(reason, {})
-                by_device[device] = by_device.get(device, 0) + n
             devices: dict[str, dict[str, int | str]] = {}
             for device, n, newest in conn.execute(
                 "SELECT device, COUNT(*), MAX(id) FROM records GROUP BY device"
@@ -384,8 +381,13 @@ class Outbox:
             )
 
         await self.flush()
-        unwritten_drops = dict(self._drops)
-        return await self.worker.call(query)
+        stats = await self.worker.call(query)
+        # Drops not written yet (the disk refused them), read after the query: a commit that
+        # failed before it has put its drops back by now.
+        for (reason, device), n in self._drops.items():
+            by_device = stats.drops.setdefault(reason, {})
+            by_device[device] = by_device.get(device, 0) + n
+        return stats
 
     async def flush(self) -> None:
         """Commit everything buffered now."""

@@ -173,14 +173,15 @@ class SqliteWorker:
             self.was_empty = True
             log.warning("%s is empty (0 bytes): starting it as a new file", self.path)
         pragmas = (
-            "PRAGMA auto_vacuum=INCREMENTAL",  # only effective on a new file
             "PRAGMA journal_mode=WAL",
             f"PRAGMA synchronous={self._synchronous}",
             "PRAGMA journal_size_limit=67108864",
         )
+        new = ("PRAGMA auto_vacuum=INCREMENTAL",)  # a write: only on a new file (a full disk)
         try:
             try:
-                conn, self.exclusive = open_sqlite(self.path, pragmas)
+                fresh = not self.path.exists() or self.path.stat().st_size == 0
+                conn, self.exclusive = open_sqlite(self.path, new + pragmas if fresh else pragmas)
             except Damaged as exc:
                 self.damage = str(exc)
                 self.moved_aside = move_aside(self.path, "damaged")
@@ -190,7 +191,7 @@ class SqliteWorker:
                     exc,
                     self.moved_aside,
                 )
-                conn, self.exclusive = open_sqlite(self.path, pragmas)
+                conn, self.exclusive = open_sqlite(self.path, new + pragmas)
         except sqlite3.Error as exc:  # the disk: full or failing, even for this process alone
             self.in_memory = str(exc)
             log.error(  # noqa: TRY400 - weather, not a bug
