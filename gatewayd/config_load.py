@@ -15,9 +15,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 
 from gatewayd.config_checks import Finding, conflict_findings, product_findings
@@ -150,24 +151,59 @@ def _config_files(path: Path) -> list[Path]:
 
 
 def _unknown_variables(env: Mapping[str, str]) -> list[ConfigProblem]:
-    """A `GATEWAYD_*` variable naming no top-level key is refused, as an unknown YAML key is.
+    """A `GATEWAYD_*` variable naming no setting is refused, as an unknown YAML key is.
 
-    (Keys below the top level are checked by the models; pydantic-settings alone would skip
-    a variable whose first part names no field, and the setting would silently not apply.)
+    pydantic-settings alone skips a variable whose first part names no field, and one that
+    goes below a single value (`GATEWAYD_STATE_DIR__X`): the setting would silently not apply.
     """
-    sections = frozenset(Settings.model_fields)
     problems = []
     for name in sorted(env):
         if not name.lower().startswith(_ENV_PREFIX.lower()):
             continue
-        parts = name[len(_ENV_PREFIX) :].lower().split("__")
-        if parts[0] not in sections:
-            reason = (
-                f"no such setting: {parts[0] or '(empty)'!r} is not a top-level key "
-                f"(those are {', '.join(sorted(sections))})"
-            )
+        parts = tuple(name[len(_ENV_PREFIX) :].lower().split("__"))
+        reason = _no_setting(parts)
+        if reason is not None:
             problems.append(ConfigProblem(f"environment {name}", ".".join(parts), reason))
     return problems
+
+
+def _no_setting(parts: tuple[str, ...]) -> str | None:
+    """Why `parts` names no setting, or None when it does in some model it may reach.
+
+    Every alternative of a union is followed (a connection is one of the drivers' models),
+    so `GATEWAYD_CONNECTIONS__METER__PORT` passes and a key no driver has does not.
+    """
+    candidates: list[Any] = [Settings]
+    for depth, part in enumerate(parts):
+        found: list[Any] = []
+        models: list[type[BaseModel]] = []
+        for annotation in candidates:
+            for alternative in _alternatives(annotation):
+                if isinstance(alternative, type) and issubclass(alternative, BaseModel):
+                    models.append(alternative)
+                    if part in alternative.model_fields:
+                        found.append(alternative.model_fields[part].annotation)
+                elif get_origin(alternative) is dict:
+                    found.append(get_args(alternative)[1])
+        if not found:
+            where = ".".join(parts[:depth])
+            if not models:
+                return f"no such setting: {where} is a single value, with no keys"
+            keys = f" ({', '.join(sorted(models[0].model_fields))})" if len(models) == 1 else ""
+            place = f"in {where}" if depth else "at the top level"
+            return f"no such setting: {part or '(empty)'!r} is not a key {place}{keys}"
+        candidates = found
+    return None
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """The types a value of `annotation` may have: unions and Annotated unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _alternatives(get_args(annotation)[0])
+    if origin in {Union, UnionType}:
+        return [a for arg in get_args(annotation) for a in _alternatives(arg)]
+    return [annotation]
 
 
 def _unparsable_variables(exc: SettingsError, env: Mapping[str, str]) -> list[ConfigProblem]:
@@ -259,9 +295,10 @@ def _where(
     """The variable or file that wrote the longest prefix of `loc`, and its line.
 
     A variable beats the files (it overrides them); among the files, the last one that wrote
-    a key wins, as it does when they are merged.
+    a key wins, as it does when they are merged; a key no file wrote was made by a variable
+    that sets a key below it.
     """
-    lowered = {name.lower(): name for name in env}
+    lowered = {name.lower(): name for name in sorted(env)}
     for end in range(len(loc), 0, -1):
         name = (_ENV_PREFIX + "__".join(loc[:end])).lower()
         if name in lowered:
@@ -270,4 +307,7 @@ def _where(
             line = doc.lines.get(loc[:end])
             if line is not None:
                 return file, line
+        below = [n for n in lowered if n.startswith(name + "__")]
+        if below:  # no file wrote this key: a variable setting a key below it made it
+            return f"environment {lowered[below[0]]}", None
     return main_file, None

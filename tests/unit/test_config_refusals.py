@@ -226,3 +226,49 @@ def test_a_product_file_is_read_under_the_same_bounds(tmp_path):
             "win (line 3)"
         ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [
+        ("GATEWAYD_STATE_DIR__X", "state_dir.x: no such setting: state_dir is a single value"),
+        ("GATEWAYD_API__PORT__X", "api.port.x: no such setting: api.port is a single value"),
+        ("GATEWAYD_CLOUD__TLS__NOPE", "'nope' is not a key in cloud.tls (ca_file, cert_file,"),
+        ("GATEWAYD_CONNECTIONS__C__NOPE", "'nope' is not a key in connections.c"),
+        (
+            "GATEWAYD_CONNECTIONS__C__DEVICES__D1__POINTS__T__INITIAL__Z",
+            "connections.c.devices.d1.points.t.initial is a single value",
+        ),
+    ],
+)
+def test_a_variable_naming_no_setting_is_refused(tmp_path, monkeypatch, name, expect):
+    main = tmp_path / "gw.yaml"
+    main.write_text(BASE + MEMORY + "      d1: {points: {t: {initial: 1}}}\n")
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert str(info.value).startswith(f"environment {name}: ")
+    assert expect in str(info.value)
+
+
+def test_variables_naming_settings_apply(tmp_path, monkeypatch):
+    main = tmp_path / "gw.yaml"
+    main.write_text(BASE + MEMORY + "      d1: {points: {t: {initial: 1}}}\n")
+    monkeypatch.setenv("GATEWAYD_CLOUD__TLS__ENABLED", "true")
+    monkeypatch.setenv("GATEWAYD_CONNECTIONS__C__DEVICES__D1__POINTS__T__INTERVAL_S", "7")
+    monkeypatch.setenv("gatewayd_api__port", "8123")
+    settings = load_settings(main)
+    assert settings.cloud.tls.enabled
+    assert settings.api.port == 8123
+    device = settings.connections["c"].devices["d1"]  # type: ignore[attr-defined]
+    assert device.points["t"].interval_s == 7
+
+
+def test_a_key_made_by_a_variable_is_blamed_on_it(tmp_path, monkeypatch):
+    main = write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}})
+    monkeypatch.setenv("GATEWAYD_API__TOKENS__OPS__SCOPE", "admin")
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert str(info.value) == (
+        "environment GATEWAYD_API__TOKENS__OPS__SCOPE: api.tokens.ops.sha256: Field required"
+    )
