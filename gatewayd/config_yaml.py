@@ -17,11 +17,20 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["MAX_DEPTH", "MAX_INT_CHARS", "MAX_NODES", "YamlDocument", "YamlProblem", "read_yaml"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_INT_CHARS",
+    "MAX_NODES",
+    "YamlDocument",
+    "YamlProblem",
+    "read_yaml",
+]
 
 MAX_DEPTH = 64  # nesting levels; a real configuration needs about 10
 MAX_NODES = 200_000  # values once aliases are expanded: seconds of validation, not minutes
 MAX_INT_CHARS = 100  # a 64-bit integer has 20 digits
+MAX_FILE_BYTES = 16 * 2**20  # far above any real configuration, far below the memory
 
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -86,9 +95,12 @@ def read_yaml(file: Path) -> YamlDocument:
         YamlProblem: the file cannot be read, is not YAML, or is not a plain, bounded mapping.
     """
     try:
-        raw = file.read_bytes()
+        with file.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)  # bounded: `-c /dev/zero` must end too
     except OSError as exc:
         raise YamlProblem(f"cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlProblem(f"larger than {MAX_FILE_BYTES // 2**20} MiB: not a configuration file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -103,31 +115,36 @@ def read_yaml(file: Path) -> YamlDocument:
         lines = _Inspector(loader).run(root)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        raise _yaml_problem(exc) from None
+        raise _yaml_problem(exc, text) from None
     finally:
         loader.dispose()
     return YamlDocument(data, lines)
 
 
 def _compose(text: str) -> tuple[Node | None, _Loader]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character first
+    except yaml.YAMLError as exc:
+        raise _yaml_problem(exc, text) from None
     try:
         return loader.get_single_node(), loader
     except yaml.YAMLError as exc:
         loader.dispose()
-        raise _yaml_problem(exc) from None
+        raise _yaml_problem(exc, text) from None
     except YamlProblem:
         loader.dispose()
         raise
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> YamlProblem:
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> YamlProblem:
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         what = ", ".join(p for p in (exc.context, exc.problem) if p)
         mark = exc.problem_mark
         return YamlProblem(f"not valid YAML: {what} (column {mark.column + 1})", (), mark.line + 1)
     if isinstance(exc, yaml.reader.ReaderError):
-        return YamlProblem(f"not valid YAML: character {exc.character!r} is not allowed")
+        line = text[: exc.position].count("\n") + 1
+        what = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        return YamlProblem(f"not valid YAML: character {what} is not allowed", (), line)
     return YamlProblem(f"not valid YAML: {exc}")
 
 
@@ -141,13 +158,13 @@ def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> YamlProblem:
         "(the configuration must be saved as UTF-8)"
     )
     path: Path_ = ()
-    loader = _Loader(raw.decode("utf-8", errors="replace"))
     try:
-        root = loader.get_single_node()
+        root, loader = _compose(raw.decode("utf-8", errors="replace"))
+    except YamlProblem:
+        return YamlProblem(reason, path, line)  # the key stays unknown; the line is enough
+    try:
         if root is not None:
             path = _path_at(root, len(before))
-    except (yaml.YAMLError, YamlProblem):
-        pass  # the key stays unknown; the line is enough
     finally:
         loader.dispose()
     return YamlProblem(reason, path, line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,7 @@ def test_duplicate_keys_are_refused_in_every_file(tmp_path):
         ("- a\n- b\n", "the top level must be a mapping of sections, not a list"),
         ("gateway: [unclosed\n", "not valid YAML"),
         ("a: *nowhere\n", "found undefined alias"),
+        ('api: {host: "a\x01b"}\n', r"character U\+0001 is not allowed \(line 1\)"),
     ],
 )
 def test_more_hostile_yaml(tmp_path, text, expect):
@@ -272,3 +274,10 @@ def test_a_key_made_by_a_variable_is_blamed_on_it(tmp_path, monkeypatch):
     assert str(info.value) == (
         "environment GATEWAYD_API__TOKENS__OPS__SCOPE: api.tokens.ops.sha256: Field required"
     )
+
+
+def test_an_endless_file_is_refused_after_a_bounded_read():
+    started = time.monotonic()
+    with pytest.raises(InvalidConfig, match=r"/dev/zero: larger than 16 MiB: not a configuration"):
+        load_settings(Path("/dev/zero"))
+    assert time.monotonic() - started < 5.0
