@@ -111,12 +111,12 @@ class App:
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler).
 
-        Asked again while already stopping, the tasks still running are cancelled again at
-        once rather than after the grace period.
+        Asked again while stopping, it changes nothing: the stop under way finishes what it
+        is writing, and a task that ignores it is cancelled again after `STOP_GRACE_S`.
         """
+        if self.stop_requested.is_set():
+            log.info("already stopping")
         self.stop_requested.set()
-        if self._recancel is not None:
-            self._cancel_lingering()
 
     async def run(self) -> None:
         """Serve until `request_stop()`; a bug in any task propagates out of here.

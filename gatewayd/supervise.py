@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from gatewayd.backoff import Backoff
 from gatewayd.errors import TransientError
 from gatewayd.health import Component
 
-__all__ = ["raise_if_cancelled", "supervise"]
+__all__ = ["CancelWatch", "keep_cancellation", "supervise"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ async def supervise(  # noqa: PLR0913 - the injected clock, sleep and rand make 
         try:
             await run()
         except TransientError as exc:
-            # A cancellation that arrived while `run` failed can come back as the failure
-            # alone (Python 3.11's TaskGroup drops it when a child failed too): never retry
-            # on the way out.
-            raise_if_cancelled()
             if clock() - started >= healthy_after_s:
                 attempt = 0
             component.down(str(exc) or type(exc).__name__)
@@ -51,21 +48,43 @@ async def supervise(  # noqa: PLR0913 - the injected clock, sleep and rand make 
             log.debug("%s: retry %d in %.2f s", component.name, attempt, delay)
             await sleep(delay)
         else:
-            raise_if_cancelled()
             return
 
 
-def raise_if_cancelled() -> None:
-    """Raise CancelledError if the current task was asked to stop and has not stopped yet.
+class CancelWatch:
+    """Notices a cancellation that an await swallowed, from the moment it is made.
 
-    A cancellation is delivered once, as one CancelledError at one await. Code that catches
-    it there and goes on (Python 3.11's `asyncio.wait_for` does when the awaited future
-    finished in the same loop iteration: aiomqtt's connect waits on the CONNACK with it) leaves
-    the task running with the request still counted by `Task.cancelling()`. Called after such
-    an await, this turns the swallowed request back into the CancelledError it was. Scopes
-    that cancel on purpose (`asyncio.timeout`, TaskGroup) withdraw their requests when they
-    end, so a count above zero is always someone waiting for this task to stop.
+    A cancellation is delivered once, as one CancelledError at one await. Python 3.11's
+    `asyncio.wait_for` returns the result instead when the awaited future finishes in the
+    loop iteration the cancellation comes in, and aiomqtt waits for the CONNACK and the SUBACK
+    with it: the task then runs on as if it had never been asked to stop. The request is still
+    counted by `Task.cancelling()`, so a count higher than when the watch was made is one that
+    was swallowed.
+
+    Only the difference counts: in 3.11 a TaskGroup whose child fails after the group's body
+    has ended cancels the parent task without withdrawing the request, so a task that has
+    been through one (the uplink, after any dropped session) carries a count that means
+    nothing.
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+
+    __slots__ = ("_before", "_task")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._before = self._task.cancelling() if self._task is not None else 0
+
+    def check(self) -> None:
+        """Raise the CancelledError an await since the watch was made swallowed, if any."""
+        if self._task is not None and self._task.cancelling() > self._before:
+            raise asyncio.CancelledError
+
+
+@contextlib.contextmanager
+def keep_cancellation() -> Iterator[None]:
+    """Around an await that may swallow a cancellation (see `CancelWatch`): raise it after.
+
+    Never around code that runs a TaskGroup, whose leftover count would read as a request.
+    """
+    watch = CancelWatch()
+    yield
+    watch.check()

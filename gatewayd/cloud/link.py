@@ -42,7 +42,7 @@ from gatewayd.health import Component
 from gatewayd.settings import CloudConfig
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, Record
-from gatewayd.supervise import raise_if_cancelled, supervise
+from gatewayd.supervise import CancelWatch, keep_cancellation, supervise
 
 __all__ = ["LinkTiming", "PackedOnce", "Uplink", "should_fall_back"]
 
@@ -156,7 +156,6 @@ class Uplink:
         try:
             await self._session_once()
         except _OldBroker:
-            raise_if_cancelled()
             log.warning("uplink: the broker does not speak MQTT 5: falling back to 3.1.1")
             self._mqtt5 = False
             self._properties.clear()
@@ -215,8 +214,8 @@ class Uplink:
     async def _connected(self, client: aiomqtt.Client, seam: PublishSeam) -> None:
         devices = [c.device_id for c in self._children.children()]
         topics = native.subscriptions(self._gateway_id, devices)
-        await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
-        raise_if_cancelled()  # the SUBACK is awaited with wait_for too (see `_connection`)
+        with keep_cancellation():  # the SUBACK is awaited with wait_for too (see `_connection`)
+            await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
         self.connects += 1
         version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
         self._component.up(f"{self._host}:{self._config.effective_port} ({version})")
@@ -355,9 +354,10 @@ async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
     stopping (or failing to start) waits for it for ever. On the way out of a cancelled
     session the DISCONNECT gets `GOODBYE_S`.
     """
+    watch = CancelWatch()
     await client.__aenter__()
     try:
-        raise_if_cancelled()
+        watch.check()
         yield client
     except asyncio.CancelledError as exc:
         try:

@@ -1,9 +1,12 @@
+import asyncio
+import contextlib
+
 import pytest
 
 from gatewayd.backoff import Backoff
-from gatewayd.errors import DeviceUnavailable
+from gatewayd.errors import DeviceUnavailable, UplinkUnavailable
 from gatewayd.health import Component, State
-from gatewayd.supervise import supervise
+from gatewayd.supervise import keep_cancellation, supervise
 
 
 class Clock:
@@ -82,3 +85,54 @@ def test_component_logs_transitions_once(caplog):
     assert len(warnings) == 1
     assert len(infos) == 1
     assert "recovered" in infos[0].getMessage()
+
+
+async def test_keep_cancellation_restores_a_cancellation_wait_for_swallowed():
+    """Python 3.11's wait_for returns the result when the cancellation and the result come in
+    the same loop iteration, as aiomqtt's connect (CONNACK) and subscribe (SUBACK) can."""
+    after: list[str] = []
+
+    async def connect(answer: asyncio.Future[str], kept: bool) -> None:
+        with keep_cancellation() if kept else contextlib.nullcontext():
+            result = await asyncio.wait_for(answer, timeout=10)
+        after.append(result)
+
+    for kept in (False, True):
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(connect(answer, kept))
+        await asyncio.sleep(0)  # the task waits inside wait_for
+        answer.set_result("connack")
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled() is kept  # unkept, the task went on as if never cancelled
+    assert after == ["connack"]
+
+
+async def test_a_count_left_by_a_task_group_is_no_cancellation():
+    """Python 3.11's TaskGroup leaves the parent's cancellation count raised when a child fails
+    after the body ended; that count is not a request to stop, and the uplink, which goes
+    through such a group on every dropped session, must keep reconnecting."""
+
+    async def late_failure() -> None:
+        await asyncio.sleep(0.01)
+        raise UplinkUnavailable("connection lost")
+
+    calls = 0
+
+    async def session() -> None:
+        nonlocal calls
+        calls += 1
+        with keep_cancellation():  # the connect
+            await asyncio.wait_for(asyncio.sleep(0), timeout=1)
+        try:
+            async with asyncio.TaskGroup() as tg:  # the session's tasks
+                tg.create_task(late_failure())
+        except* UplinkUnavailable:
+            if calls < 3:
+                raise UplinkUnavailable("dropped") from None
+
+    me = asyncio.current_task()
+    assert me is not None
+    await supervise(session, Component("uplink"), Backoff(initial_s=0.001, max_s=0.001))
+    assert calls == 3
+    assert me.cancelling() > 0  # the leak is real: a check of the count alone would stop here
