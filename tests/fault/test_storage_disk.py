@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+from gatewayd.health import Health
+from gatewayd.settings import OutboxConfig
+from gatewayd.store.outbox import open_outbox
 from tests.fault.daemon_setup import Daemon
 from tests.fault.storage_setup import fill, storage_config, tmpfs
 from tests.helpers import free_port
@@ -245,3 +248,20 @@ async def test_a_daemon_started_on_a_full_disk_runs_and_stops_on_sigterm(tmp_pat
     log = (tmp_path / "daemon.log").read_text()
     assert "Traceback" not in log
     print(f"started on a full disk; SIGTERM to exit {stopped:.2f} s")
+
+
+async def test_a_new_outbox_on_a_full_disk_is_kept_in_memory_and_reported(tmp_path):
+    """A wiped state directory on a full disk: SQLite cannot even create the file. The
+    outbox runs in memory for this run, degraded, instead of ending the daemon."""
+    store = Health().component("store")
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        (disk / "state").mkdir()
+        filler = fill(disk)
+        try:
+            async with open_outbox(disk / "state" / "outbox.db", OutboxConfig(),
+                                   health=store) as outbox:  # fmt: skip
+                record_id = await outbox.append("a", "telemetry", b"1")
+                assert [r.record_id for r in await outbox.fetch({}, 10)] == [record_id]
+                assert "cannot be opened" in store.problems["outbox.memory"]
+        finally:
+            filler.unlink()
