@@ -132,7 +132,7 @@ class App:
         path = self.settings.state_dir / OUTBOX_FILE
         async with (
             self._state_dir_locked(),
-            open_store(self.settings) as store,
+            open_store(self.settings, health=component) as store,
             open_outbox(
                 path, self.settings.outbox, health=component, schema=cloud_state_schema
             ) as outbox,

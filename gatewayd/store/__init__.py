@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gatewayd.errors import ConfigError
 from gatewayd.products import ProductCatalog, load_products
@@ -18,6 +19,9 @@ from gatewayd.store.errors import RegistryError
 from gatewayd.store.registry import Registry
 from gatewayd.store.shadows import ShadowStore
 from gatewayd.store.sync import SyncReport, sync_configured
+
+if TYPE_CHECKING:
+    from gatewayd.health import Component
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +42,14 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
+async def open_store(
+    settings: Settings, *, health: Component | None = None
+) -> AsyncIterator[Store]:
     """Load products, open the state database, register the gateway and sync YAML devices.
 
     While the block runs, noted reported values are flushed every `shadows.reported_flush_ms`;
-    what is still noted at the end is written before the database closes.
+    what is still noted at the end is written before the database closes. Writes that fail
+    (a full disk) are kept and retried, and shown as a problem of `health` meanwhile.
 
     Raises:
         ConfigError: bad product files, an unusable database, or a gateway identity that
@@ -50,6 +57,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """
     products = load_products(settings.products)
     async with open_database(settings.state_dir / STATE_FILE) as db:
+        db.health = health
         shadows = ShadowStore(db, products, flush_ms=settings.shadows.reported_flush_ms)
         registry = Registry(db, products, shadows)
         try:

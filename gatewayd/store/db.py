@@ -15,10 +15,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gatewayd.errors import ConfigError
 from gatewayd.store.sqlite_worker import Damaged, move_aside, open_sqlite
+
+if TYPE_CHECKING:
+    from gatewayd.health import Component
 
 __all__ = ["MIGRATIONS", "Database", "open_database"]
 
@@ -98,6 +101,20 @@ class Database:
         self._executor = executor
         self._conn = connection
         self.moved_aside = moved_aside  # where a corrupt file went when this one was created
+        self.health: Component | None = None  # the `store` component, told of failing writes
+
+    def writes_failing(self, reason: str) -> None:
+        """Writes fail (a full disk): the daemon goes on, degraded, until `writes_ok()`."""
+        if self.health is not None:
+            self.health.degrade(
+                "state.writes",
+                f"state database {self.path}: writes fail ({reason}); kept in memory and retried",
+            )
+
+    def writes_ok(self) -> None:
+        """Writes succeed again."""
+        if self.health is not None:
+            self.health.clear("state.writes")
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(connection)` on the worker thread (autocommit) and return its result."""

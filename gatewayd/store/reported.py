@@ -247,6 +247,7 @@ class ReportedWriter:
     def _settled(self, batch: _Batch, outcome: _Outcome) -> None:
         if self._failing:
             self._failing = False
+            self._db.writes_ok()
             log.info("reported state is written again")
         for write, (ok, result) in zip(batch.writes, outcome.results, strict=True):
             if write.done.done():  # its caller was cancelled
@@ -279,6 +280,7 @@ class ReportedWriter:
         self._wake.set()  # try again after the interval
         if not self._failing:
             self._failing = True
+            self._db.writes_failing(str(error))
             log.error(
                 "reported state not written, kept for the next flush: %s",
                 error,

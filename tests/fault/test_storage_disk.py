@@ -192,8 +192,12 @@ async def test_disk_full_while_connected_and_during_an_outage_then_space_returns
                 await flowing(cloud)
                 filler = fill(disk)  # to the last byte: SQLite's writes fail
                 # Connected, readings keep flowing: acknowledged within batch_window_ms,
-                # they are never written, so nothing fails yet.
+                # they are never written. The state database's writes (reported values)
+                # fail: kept, retried, and shown.
                 took = await flowing(cloud)
+                await until(daemon, "/healthz",
+                            lambda h: any("state database" in p for p in h["problems"]),
+                            5, "state.db writes failing in /healthz")  # fmt: skip
 
                 broker.stop()  # now records wait: their writes fail, they are held
                 health = await until(daemon, "/healthz", disk_problem, 5, "disk in /healthz")
@@ -204,6 +208,9 @@ async def test_disk_full_while_connected_and_during_an_outage_then_space_returns
                 filler.unlink()
                 freed = time.monotonic()
                 await until(daemon, "/healthz", lambda h: not disk_problem(h), 10, "disk cleared")
+                await until(daemon, "/healthz",
+                            lambda h: not any("state database" in p for p in h["problems"]),
+                            5, "state.db writes cleared")  # fmt: skip
                 resumed = time.monotonic() - freed
                 run = run_of(cloud)
                 await flowing(cloud)
