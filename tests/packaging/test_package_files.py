@@ -99,6 +99,7 @@ def test_unit_is_notify_restarting_sandboxed_and_allowed_its_devices():
     assert unit["WatchdogSec"]
     assert unit["Restart"] == ["on-failure"]
     assert unit["RestartPreventExitStatus"] == ["78"]
+    assert unit["LimitNOFILE"] == ["8192"]
     assert unit["User"] == ["gatewayd"]
     assert unit["SupplementaryGroups"] == ["dialout"]
     assert unit["StateDirectory"] == ["gatewayd"]
@@ -110,6 +111,26 @@ def test_unit_is_notify_restarting_sandboxed_and_allowed_its_devices():
     families = unit["RestrictAddressFamilies"][0].split()
     assert {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"} <= set(families)
     assert {"char-ttyUSB rw", "char-ttyS rw", "char-ttyACM rw"} <= set(unit["DeviceAllow"])
+
+
+def _exit_statuses() -> dict[str, int]:
+    from gatewayd import errors  # noqa: PLC0415
+
+    named = {name: getattr(errors, name) for name in errors.__all__ if name.startswith("EX_")}
+    return {"clean stop": 0, "bug": 1, **named}
+
+
+def test_every_exit_status_is_documented_and_only_78_keeps_the_service_down():
+    statuses = _exit_statuses()
+    assert set(statuses.values()) == {0, 1, 69, 75, 77, 78}
+    man = (PACKAGING / "debian" / "gatewayd.1").read_text()
+    section = man.split(".SH EXIT STATUS", 1)[1].split("\n.SH ", 1)[0]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    table = operations.split("### Exit statuses", 1)[1].split("\n#", 1)[0]
+    for what, status in statuses.items():
+        assert f".B {status}\n" in section, f"man page: exit status {status} ({what})"
+        assert f"\n| {status} | " in table, f"operations.md: exit status {status} ({what})"
+    assert _unit_settings()["RestartPreventExitStatus"] == [str(statuses["EX_CONFIG"])]
 
 
 def test_maintainer_scripts_and_build_scripts_parse():
