@@ -98,8 +98,12 @@ def _print_quietly(text: str) -> int:
         0, or 141 (128 + SIGPIPE, what a shell reports for a command its pipe closed).
     """
     try:
-        sys.stdout.write(text)
         sys.stdout.flush()
+        out = sys.stdout.buffer
+        data = memoryview(text.encode())
+        while data:  # unbuffered (python -u), one write may take part of it and say so
+            data = data[out.write(data) :]
+        out.flush()
     except BrokenPipeError:
         # stdout's buffer would fail again when Python flushes it at exit: point it elsewhere
         devnull = os.open(os.devnull, os.O_WRONLY)
