@@ -548,6 +548,7 @@ class Outbox:
         if self._memory == "disk_full":
             return
         self._memory = "disk_full"
+        self._release_waiters()
         reason = (
             f"outbox writes fail ({failure}): new records held in memory "
             f"(up to {self._memory_bytes} bytes) and sent from there, written once the disk "
@@ -559,6 +560,7 @@ class Outbox:
 
     def _enter_floor(self, free: int) -> None:
         self._memory = "disk_floor"
+        self._release_waiters()
         reason = (
             f"free disk {free} bytes, below outbox.min_free_bytes ({self.floor}): new records "
             f"held in memory (up to {self._memory_bytes} bytes) and sent from there, not written"
@@ -566,6 +568,14 @@ class Outbox:
         log.error("outbox: %s", reason)
         if self._health is not None:
             self._health.degrade("outbox.disk", reason)
+
+    def _release_waiters(self) -> None:
+        """Appenders still waiting for a commit: their records are held now, like new ones."""
+        waiters, self._waiters = self._waiters, []
+        self._hurry.clear()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _leave_memory(self) -> None:
         was, self._memory = self._memory, None
