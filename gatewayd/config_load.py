@@ -120,6 +120,8 @@ def load_config(path: Path) -> LoadedConfig:
         raise InvalidConfig(_explain(exc, files, env, main_file)) from None
     except SettingsError as exc:
         raise InvalidConfig(_unparsable_variables(exc, env)) from None
+    except RecursionError:  # the files are bounded (config_yaml): JSON in a variable is not
+        raise InvalidConfig(_too_deep_variables(env)) from None
     loaded = LoadedConfig(settings, files, main_file)
     conflicts = [loaded.problem(f) for f in conflict_findings(settings)]
     if conflicts:
@@ -224,6 +226,20 @@ def _unparsable_variables(exc: SettingsError, env: Mapping[str, str]) -> list[Co
     if not problems:
         problems.append(ConfigProblem("environment", field, str(exc)))
     return problems
+
+
+def _too_deep_variables(env: Mapping[str, str]) -> list[ConfigProblem]:
+    problems = []
+    for name in sorted(env):
+        if name.lower().startswith(_ENV_PREFIX.lower()):
+            try:
+                json.loads(env[name])
+            except RecursionError:
+                path = ".".join(name[len(_ENV_PREFIX) :].lower().split("__"))
+                problems.append(ConfigProblem(f"environment {name}", path, "nested too deeply"))
+            except ValueError:
+                continue
+    return problems or [ConfigProblem("environment", "", "a value is nested too deeply")]
 
 
 def _merge(into: dict[str, Any], data: dict[str, Any]) -> None:

@@ -281,3 +281,10 @@ def test_an_endless_file_is_refused_after_a_bounded_read():
     with pytest.raises(InvalidConfig, match=r"/dev/zero: larger than 16 MiB: not a configuration"):
         load_settings(Path("/dev/zero"))
     assert time.monotonic() - started < 5.0
+
+
+def test_json_nested_too_deeply_in_a_variable_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEWAYD_GATEWAY", '{"name": ' + "[" * 20_000 + "]" * 20_000 + "}")
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}}))
+    assert str(info.value) == "environment GATEWAYD_GATEWAY: gateway: nested too deeply"
