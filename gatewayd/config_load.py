@@ -51,9 +51,14 @@ class ConfigProblem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
+        where = f"{_clip(self.path, 200)}: " if self.path else ""
         at = f" (line {self.line})" if self.line is not None else ""
-        return f"{self.source}: {where}{self.reason}{at}"
+        return f"{self.source}: {where}{_clip(self.reason, 500)}{at}"
+
+
+def _clip(text: str, most: int) -> str:
+    """A hostile key or value is named, not printed whole."""
+    return text if len(text) <= most else f"{text[: most - 20]}... ({len(text):,} characters)"
 
 
 class InvalidConfig(ConfigError):

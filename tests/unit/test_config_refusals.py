@@ -288,3 +288,19 @@ def test_json_nested_too_deeply_in_a_variable_is_refused(tmp_path, monkeypatch):
     with pytest.raises(InvalidConfig) as info:
         load_settings(write_yaml(tmp_path / "gw.yaml", {"gateway": {"node_id": "g"}}))
     assert str(info.value) == "environment GATEWAYD_GATEWAY: gateway: nested too deeply"
+
+
+def test_a_huge_key_or_value_is_named_not_printed(tmp_path):
+    main = tmp_path / "gw.yaml"
+    main.write_text(
+        "gateway: {node_id: g}\ncloud: {dialect: "
+        + "x" * 100_000
+        + "}\n? "
+        + "y" * 100_000
+        + "\n: 1\n"
+    )
+    with pytest.raises(InvalidConfig) as info:
+        load_settings(main)
+    assert len(info.value.problems) == 2
+    assert len(str(info.value)) < 1000
+    assert "(100,000 characters)" in str(info.value)
