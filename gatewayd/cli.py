@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,8 +194,43 @@ class _EarlyStop:
         self.requested = True
 
 
+class _UnwaitedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: each call on a daemon thread that the exit never waits for.
+
+    Its one user is aiomqtt's connect (paho's blocking name lookup, TCP connect and TLS
+    handshake, each bounded only by paho's own 5 s or the resolver's timeouts). A pool's
+    threads are joined when the loop closes and again when the interpreter exits, so a stop
+    that came during a connect to a host that drops SYNs, or while the resolver waited on an
+    unreachable DNS server, waited that long after the daemon had stopped. Nothing in such a
+    call is worth waiting for: the daemon's state is written by the stores, on their own
+    threads, before the loop closes.
+    """
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., object], /, *args: object, **kwargs: object
+    ) -> concurrent.futures.Future[object]:
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=call, name="gatewayd-blocking-call", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to wait for (see the class)."""
+
+
 async def _serve(settings: Settings) -> None:
     early = _EarlyStop()
+    asyncio.get_running_loop().set_default_executor(_UnwaitedExecutor(max_workers=1))
     from gatewayd.app import App, install_signal_handlers  # noqa: PLC0415 - after logging set-up
 
     app = App(settings)

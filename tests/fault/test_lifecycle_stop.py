@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import sqlite3
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from tests.refcloud import RefCloud
 pytestmark = [pytest.mark.timeout(120)]
 
 MQTT_CONNECT = 0x10
+# Well below paho's 5 s bound on a TCP connect: what a stop took while it waited for one.
+CONNECT_THREAD_S = 2.5
 
 
 class SilentBroker:
@@ -77,6 +80,53 @@ async def test_a_signal_during_a_connect_that_is_never_answered_stops_it(tmp_pat
     assert status == 0, daemon.log[-2000:]
     assert peer.connects == 1
     assert "Traceback" not in daemon.log
+    assert LINGERING not in daemon.log, daemon.log[-3000:]
+
+
+@contextlib.contextmanager
+def dropping_syns() -> Iterator[int]:
+    """A port whose SYNs go unanswered: a listener with a full accept queue, never accepting.
+
+    A TCP connect to it hangs, as one to a host behind a firewall that drops packets does;
+    paho's connect (on an executor thread, bounded by its own 5 s) waits for it.
+    """
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        for _ in range(3):  # fill the queue; the kernel drops the SYNs after that
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield port
+
+
+def syn_sent_to(port: int) -> int:
+    """Sockets in SYN_SENT towards 127.0.0.1:port (from /proc/net/tcp)."""
+    target = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[2] == target and line.split()[3] == "02")
+
+
+async def test_sigterm_while_a_tcp_connect_hangs_is_not_held_by_the_connect(tmp_path):
+    """The stop does not wait for the connect's thread: that wait was up to 5 s (paho's bound)
+    for a dropped SYN, and as long as the resolver's timeouts for an unreachable DNS server."""
+    with dropping_syns() as port:
+        baseline = syn_sent_to(port)
+        daemon = await Spawned.start(lifecycle_config(tmp_path, port, free_port()))
+        try:
+            await daemon.wait_line("ready")
+            async with asyncio.timeout(10):
+                while syn_sent_to(port) <= baseline:
+                    await asyncio.sleep(0.02)
+            status, took = await daemon.stop(signal.SIGTERM, STOP_S)
+        finally:
+            await daemon.kill()
+    print(f"SIGTERM while the TCP connect hangs: exit {status} in {took:.2f} s")
+    assert status == 0, daemon.log[-2000:]
+    assert took < CONNECT_THREAD_S, "the exit waited for the connect's thread"
     assert LINGERING not in daemon.log, daemon.log[-3000:]
 
 
