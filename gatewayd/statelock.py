@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Self
@@ -21,6 +22,8 @@ from gatewayd.errors import StateAccessDenied, StateDirLocked
 __all__ = ["LOCK_FILE", "StateLock"]
 
 LOCK_FILE = "gatewayd.lock"
+
+log = logging.getLogger(__name__)
 
 
 class StateLock:
@@ -59,7 +62,10 @@ class StateLock:
             )
             raise StateDirLocked(msg) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same, without the pid
+            log.warning("%s: pid not written (%s); the lock is held", self.path, exc)
         self._fd = fd
 
     def release(self) -> None:

@@ -58,6 +58,12 @@ async def open_store(
     products = load_products(settings.products)
     async with open_database(settings.state_dir / STATE_FILE) as db:
         db.health = health
+        if db.in_memory is not None and health is not None:
+            health.degrade(
+                "state.memory",
+                f"state database {db.path} cannot be created ({db.in_memory}): kept in memory "
+                "for this run; restart gatewayd once the disk has room",
+            )
         shadows = ShadowStore(db, products, flush_ms=settings.shadows.reported_flush_ms)
         registry = Registry(db, products, shadows)
         try:

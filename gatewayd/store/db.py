@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gatewayd.errors import ConfigError
+from gatewayd.store.access import Trouble, classify
 from gatewayd.store.sqlite_worker import Damaged, move_aside, open_sqlite
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class Database:
         self._conn = connection
         self.moved_aside = moved_aside  # where a corrupt file went when this one was created
         self.health: Component | None = None  # the `store` component, told of failing writes
+        self.in_memory: str | None = None  # why the data lives in memory for this run
 
     def writes_failing(self, reason: str) -> None:
         """Writes fail (a full disk): the daemon goes on, degraded, until `writes_ok()`."""
@@ -145,24 +147,33 @@ async def open_database(
     Raises:
         StateAccessDenied: the file exists and this user may not read or write it.
         StateLocked: another process holds a lock on it.
-        ConfigError: the file was written by a newer gatewayd, or the disk refuses it.
+        ConfigError: the file was written by a newer gatewayd.
+
+    A new file the disk cannot take even for this process alone (a wiped state directory on a
+    full disk) is kept in memory for the run (`Database.in_memory` says why).
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-db")
     loop = asyncio.get_running_loop()
     try:
-        conn, aside = await loop.run_in_executor(executor, _connect, path, tuple(migrations))
+        conn, aside, in_memory = await loop.run_in_executor(
+            executor, _connect, path, tuple(migrations)
+        )
     except BaseException:
         executor.shutdown(wait=True)
         raise
     try:
-        yield Database(path, executor, conn, aside)
+        db = Database(path, executor, conn, aside)
+        db.in_memory = in_memory
+        yield db
     finally:
         # Closing waits for any statement still queued on the worker: nothing half-written.
         await asyncio.shield(loop.run_in_executor(executor, conn.close))
         executor.shutdown(wait=True)
 
 
-def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connection, Path | None]:
+def _connect(
+    path: Path, migrations: tuple[str, ...]
+) -> tuple[sqlite3.Connection, Path | None, str | None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = None
     pragmas = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
@@ -179,16 +190,34 @@ def _connect(path: Path, migrations: tuple[str, ...]) -> tuple[sqlite3.Connectio
             )
             conn, _ = open_sqlite(path, pragmas)
     except sqlite3.Error as exc:  # the disk, even for this process alone
-        raise ConfigError(f"state database {path}: {exc}") from exc
+        return _in_memory(path, migrations, exc), aside, str(exc)
     try:
         _private(path)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         _migrate(conn, path, migrations)
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if classify(exc) is not Trouble.DISK:
+            raise
+        return _in_memory(path, migrations, exc), aside, str(exc)
     except BaseException:
         conn.close()
         raise
-    return conn, aside
+    return conn, aside, None
+
+
+def _in_memory(path: Path, migrations: tuple[str, ...], exc: sqlite3.Error) -> sqlite3.Connection:
+    """A new state database on a disk that takes nothing: this run keeps it in memory.
+
+    The registry is built from the configuration at every start, so the daemon runs; what
+    the API adds is lost at the next start.
+    """
+    log.error("state database %s cannot be created (%s): kept in memory for this run", path, exc)
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=True)
+    conn.execute("PRAGMA foreign_keys=ON")
+    _migrate(conn, path, migrations)
+    return conn
 
 
 def _private(path: Path) -> None:

@@ -272,3 +272,30 @@ async def test_a_new_outbox_on_a_full_disk_is_kept_in_memory_and_reported(tmp_pa
                 assert "cannot be opened" in store.problems["outbox.memory"]
         finally:
             filler.unlink()
+
+
+async def test_a_wiped_state_directory_on_a_full_disk_runs_in_memory(tmp_path):
+    """Item 6, the hardest start: no state files at all and no byte free. The daemon runs,
+    reports it, sends readings, and stops on SIGTERM."""
+    with (
+        tmpfs(tmp_path / "disk", "2m") as disk,
+        Broker(tmp_path / "broker", persistence=True) as broker,
+    ):
+        filler = fill(disk)
+        async with RefCloud(broker.port).running() as cloud:
+            daemon = await start(tmp_path, disk / "state", broker)
+            try:
+                health = await until(
+                    daemon, "/healthz", lambda h: len(h["problems"]) >= 2, 5, "in memory"
+                )
+                assert health["status"] == "degraded"
+                assert sum("kept in memory" in p for p in health["problems"]) == 2, health
+                await flowing(cloud)
+                assert daemon.proc is not None
+                daemon.proc.terminate()
+                status = await asyncio.to_thread(daemon.proc.wait, 5)
+            finally:
+                daemon.stop()
+                filler.unlink()
+    assert status == 0
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
