@@ -180,8 +180,11 @@ def _status(exc: ConfigError | StartupError) -> int:
 class _EarlyStop:
     """SIGTERM and SIGINT, taken over by the loop before anything slow (imports, stores).
 
-    A signal that comes before the daemon exists is kept; the daemon then stops before
-    opening anything.
+    Without it, a signal during the second the daemon's modules take to import would meet
+    Python's defaults (killed, or a KeyboardInterrupt traceback). The loop handles a signal
+    when it next runs, with the handler registered by then: the daemon's own, which stops it
+    before it opens anything or as soon as it has. `requested` covers a loop that called this
+    one first.
     """
 
     def __init__(self) -> None:
@@ -230,6 +233,7 @@ class _UnwaitedExecutor(concurrent.futures.ThreadPoolExecutor):
 
 async def _serve(settings: Settings) -> None:
     early = _EarlyStop()
+    log.info("gatewayd %s starting (pid %d)", __version__, os.getpid())
     asyncio.get_running_loop().set_default_executor(_UnwaitedExecutor(max_workers=1))
     from gatewayd.app import App, install_signal_handlers  # noqa: PLC0415 - after logging set-up
 
