@@ -1,7 +1,8 @@
 """`python -m benchmarks [NAME ...] [--record]`: run benchmark modules (default: all).
 
 Each module in this package exposes `main(argv: list[str]) -> int`; `--record` (passed on)
-appends the results to docs/benchmarks.md with the machine and the date.
+appends the results to docs/benchmarks.md with the machine and the date. Long ones (`soak`,
+an hour by default) run only when named.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import importlib
 import pkgutil
 import sys
 from pathlib import Path
+
+LONG = frozenset({"soak"})
 
 
 def _available() -> list[str]:
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> int:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available)}")
         return 2
     worst = 0
-    for name in names or available:
+    for name in names or [n for n in available if n not in LONG]:
         module = importlib.import_module(f"benchmarks.{name}")
         worst = max(worst, int(module.main(flags)))
     return worst

@@ -47,10 +47,11 @@ KILLS = 20
 SEED = 14
 INTERVAL_S = 0.02  # 10 devices each: 500 records/s per daemon
 BATCH_WINDOW_MS = 200
-# One group commit (an fsync with `full`) on a busy 2-core machine shared with other jobs,
-# and the reading's own way from the poll to `put()`: what a kill may catch besides the
-# documented window. Measured: up to 132 ms under a load average of 8.
-COMMIT_S = 0.3
+# One group commit (an fsync with `full`) and the event loop's own stalls (the collection at
+# start, a busy 2-core machine shared with other jobs): what a kill may catch besides the
+# documented window, measured in reading time. Measured with a load average of 5: up to 338 ms
+# with `full`, right after a start; medians 10-25 ms.
+COMMIT_S = 0.5
 BOUNDS_S = {"full": COMMIT_S, "batched": 2 * BATCH_WINDOW_MS / 1000 + COMMIT_S}
 
 
