@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import pytest
 
 from gatewayd.health import Health
 from gatewayd.settings import OutboxConfig
+from gatewayd.store.access import StateLocked
 from gatewayd.store.outbox import OutboxFull, open_outbox
 from tests.helpers import ROOT, daemon_env
 
@@ -305,3 +307,22 @@ async def test_a_record_refused_before_its_commit_is_still_dead_lettered(tmp_pat
 async def _until(check) -> None:
     while not check():
         await asyncio.sleep(0.01)
+
+
+async def test_a_file_another_process_locks_is_not_damage_and_is_left_alone(tmp_path):
+    path = tmp_path / "o.db"
+    async with open_outbox(path, OutboxConfig()) as outbox:
+        await outbox.append("a", "telemetry", b"1")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StateLocked, match="locked by another process"):
+            async with open_outbox(path, OutboxConfig()):
+                pass
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "damaged" in p.name) == []
+    async with open_outbox(path, OutboxConfig()) as outbox:
+        assert outbox.depth == 1
