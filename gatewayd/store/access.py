@@ -111,10 +111,17 @@ def check_access(path: Path) -> None:
             missing = True
             continue
         if not os.access(file, os.R_OK | os.W_OK):
-            raise denied(file, "permission denied")
+            raise denied(file, _why(file))
     folder = path.parent
     if missing and not os.access(folder, os.W_OK | os.X_OK):
         raise denied(folder, "its directory is not writable, so SQLite cannot create its files")
+
+
+def _why(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "its file system is mounted read-only"
+    return "permission denied"
 
 
 def _user(uid: int) -> str:
