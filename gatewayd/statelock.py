@@ -44,10 +44,17 @@ class StateLock:
             StateDirLocked: another process holds it (the message names the file and its pid).
             StateAccessDenied: this user may not create or open the lock file.
         """
+        writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except PermissionError as exc:
-            raise StateAccessDenied(_denied(self.path, exc)) from exc
+            # A lock file another user left (`gatewayd run` as root once) still locks when
+            # it can be read: flock needs no write access. Only the pid cannot be written.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise StateAccessDenied(_denied(self.path, exc)) from exc
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -61,6 +68,14 @@ class StateLock:
                 "one gatewayd per state directory"
             )
             raise StateDirLocked(msg) from None
+        if not writable:
+            log.warning(
+                "%s belongs to another user: the lock is held, but the pid in it is not this "
+                "process's",
+                self.path,
+            )
+            self._fd = fd
+            return
         os.ftruncate(fd, 0)
         try:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -148,13 +148,15 @@ class Spawned:
         self.exited_at = 0.0
 
     @classmethod
-    async def start(cls, config: Path) -> Spawned:
+    async def start(cls, config: Path, prefix: list[str] | None = None) -> Spawned:
+        """Start it; `prefix` runs it behind a command (as another user, e.g.)."""
         proc = await asyncio.create_subprocess_exec(
+            *(prefix or []),
             *gatewayd_cmd(),
             "run",
             "-c",
             str(config),
-            env=daemon_env(),
+            env=daemon_env(PYTHONDONTWRITEBYTECODE="1") if prefix else daemon_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

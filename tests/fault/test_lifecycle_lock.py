@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import pwd
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fault.daemon_setup import Spawned, free_port
+from tests.fault.storage_setup import as_user
 from tests.fault.test_lifecycle_startup import LINGERING, STOP_S, lifecycle_config
 from tests.mqtt_broker import Broker
 
@@ -107,3 +113,74 @@ async def test_a_second_daemon_exits_75_touching_nothing_and_a_kill_frees_the_lo
         print(f"restart after SIGKILL: ready, exit {status} {took:.2f} s after SIGTERM")
         assert status == 0, restart.log[-2000:]
         assert LINGERING not in first.log + restart.log
+
+
+@pytest.fixture
+def nobody() -> tuple[list[str], int]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own files as root")
+    prefix, why = as_user("nobody")
+    if not prefix:
+        pytest.skip(why)
+    return prefix, pwd.getpwnam("nobody").pw_uid
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A folder `nobody` can reach (pytest's own sit under a 0700 folder of root's)."""
+    folder = Path(tempfile.mkdtemp(prefix="gatewayd-lock-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_lock_file_root_left_behind_still_locks_for_the_service_user(reachable, nobody):
+    """`gatewayd run` as root once leaves a root-owned lock file: the service user cannot write
+    its pid into it, but locks it all the same, and a second daemon is still refused."""
+    prefix, uid = nobody
+    tmp_path = reachable
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, uid, -1)
+    lock = state / "gatewayd.lock"
+    lock.write_text("1\n")  # root's, 0644
+    with Broker(tmp_path / "broker") as broker:
+        config = lifecycle_config(tmp_path, broker.port, free_port())
+        for path in tmp_path.glob("*.yaml"):
+            path.chmod(0o644)
+        daemon = await Spawned.start(config, prefix)
+        try:
+            await daemon.wait_line("ready")
+            assert any("belongs to another user" in line for line in daemon.lines)
+            other = lifecycle_config(tmp_path, broker.port, free_port())
+            second = await Spawned.start(other, prefix)
+            status, _ = await second.exit(timeout_s=30)
+            assert status == 75, second.log
+            stop, _ = await daemon.stop(signal.SIGTERM, STOP_S)
+        finally:
+            await daemon.kill()
+    assert stop == 0, daemon.log[-2000:]
+    assert lock.stat().st_uid == 0
+
+
+async def test_a_state_dir_the_user_cannot_write_exits_77_naming_the_lock_file(reachable, nobody):
+    prefix, _ = nobody
+    tmp_path = reachable
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)  # root's: the service user cannot create the lock file
+    config = lifecycle_config(tmp_path, free_port(), free_port())
+    config.chmod(0o644)
+    daemon = await Spawned.start(config, prefix)
+    try:
+        status, _ = await daemon.exit(timeout_s=30)
+    finally:
+        await daemon.kill()
+    assert status == 77, daemon.log
+    reason = [line for line in daemon.lines if "cannot start" in line]
+    assert len(reason) == 1, daemon.log
+    assert f"{state / 'gatewayd.lock'}" in reason[0]
+    assert "Permission denied" in reason[0]
+    assert "Traceback" not in daemon.log
+    assert list(state.iterdir()) == []
