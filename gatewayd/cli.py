@@ -28,9 +28,8 @@ from gatewayd.logs import setup_logging
 from gatewayd.products import ProductError, load_products
 from gatewayd.settings import Settings
 
-__all__ = ["EX_CONFIG", "EX_INTERRUPTED", "main", "startup_errors"]
+__all__ = ["EX_CONFIG", "main", "startup_errors"]
 
-EX_INTERRUPTED = 130  # the shell's status for SIGINT, when it comes before the loop runs
 EX_BROKEN_PIPE = 141  # the shell's status for a command whose reader went away (SIGPIPE)
 DEFAULT_CONFIG = Path("/etc/gatewayd/gatewayd.yaml")
 
@@ -50,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from gatewayd.demo import run_demo  # noqa: PLC0415 - only the demo needs its imports
 
         return run_demo()
+    if args.command == "run":
+        # SIGINT does what SIGTERM does until the loop takes both over: it ends the process
+        # (no KeyboardInterrupt traceback from the middle of an import).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         settings = load_settings(args.config)
         load_products(settings.products)
@@ -126,8 +129,6 @@ def _run(settings: Settings) -> int:
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_serve(settings))
-    except KeyboardInterrupt:
-        return EX_INTERRUPTED  # SIGINT before the loop took the signal over
     except (ConfigError, StartupError, BaseExceptionGroup) as exc:
         problems = startup_errors(exc)
         if not problems:
@@ -181,10 +182,9 @@ class _EarlyStop:
     """SIGTERM and SIGINT, taken over by the loop before anything slow (imports, stores).
 
     Without it, a signal during the second the daemon's modules take to import would meet
-    Python's defaults (killed, or a KeyboardInterrupt traceback). The loop handles a signal
-    when it next runs, with the handler registered by then: the daemon's own, which stops it
-    before it opens anything or as soon as it has. `requested` covers a loop that called this
-    one first.
+    the default action and end the process there. The loop handles a signal when it next
+    runs, with the handler registered by then: the daemon's own, which stops it before it
+    opens anything or as soon as it has. `requested` covers a loop that called this one first.
     """
 
     def __init__(self) -> None:
