@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gatewayd.app import STOP_GRACE_S, App
-from gatewayd.errors import StateDirLocked
+from gatewayd.cli import startup_errors
+from gatewayd.errors import ConfigError, ListenFailed, StateAccessDenied, StateDirLocked
 from gatewayd.settings import Settings
 from gatewayd.systemd import Notifier
 
@@ -137,3 +138,19 @@ async def test_a_task_that_ignores_the_stop_is_named_and_cancelled_again(tmp_pat
         for m in errors
     ), errors
     assert "cancelling task connection[c] again" in errors
+
+
+def test_the_reasons_a_start_failed_are_found_in_nested_groups_and_a_bug_wins():
+    listen = ListenFailed("api: cannot listen on 127.0.0.1:8080: address in use")
+    config = ConfigError("api.port: in use by the cloud link")
+    assert startup_errors(listen) == [listen]
+    assert startup_errors(ExceptionGroup("tg", [ExceptionGroup("inner", [listen])])) == [listen]
+    assert startup_errors(ExceptionGroup("tg", [config, listen])) == [config, listen]
+    # Anything else alongside is a bug: its traceback matters more than the reasons.
+    assert startup_errors(ExceptionGroup("tg", [listen, ZeroDivisionError()])) == []
+    assert startup_errors(ZeroDivisionError()) == []
+    assert (listen.exit_status, StateDirLocked.exit_status, StateAccessDenied.exit_status) == (
+        69,
+        75,
+        77,
+    )
