@@ -193,11 +193,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             async with asyncio.timeout(600):
                 while "marker" not in counter.markers:
                     await asyncio.sleep(0.2)
-            errors = sum(
-                1
+            errors = [
+                line
                 for line in (work / "daemon.log").read_text(errors="replace").splitlines()
                 if " ERROR " in line or "Traceback" in line
-            )
+            ]
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -277,7 +277,8 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
             f"{r['rss_peak_mb']:.1f} MB | | |"
         ),
         f"| daemon CPU | {r['cpu']:.2f} cores | | |",
-        f"| errors in the daemon's log | {r['errors']} | | |",
+        f"| errors in the daemon's log | {len(r['errors'])} | | |",
+        *(f"    {line}" for line in r["errors"][:5]),
     ]
 
 
