@@ -278,6 +278,7 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
         ),
         f"| daemon CPU | {r['cpu']:.2f} cores | | |",
         f"| errors in the daemon's log | {len(r['errors'])} | | |",
+        *(["", "Error lines (the first five):", ""] if r["errors"] else []),
         *(f"    {line}" for line in r["errors"][:5]),
     ]
 
