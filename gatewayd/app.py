@@ -97,6 +97,7 @@ class App:
         self.state_lock = StateLock(settings.state_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._recancel: asyncio.TimerHandle | None = None
+        self._stop_began = 0.0
 
     @property
     def connects(self) -> int | None:
@@ -207,32 +208,35 @@ class App:
         if task.cancelled() or task.exception() is None or self._recancel is not None:
             return
         loop = asyncio.get_running_loop()
+        self._stop_began = loop.time()
         self._recancel = loop.call_later(STOP_GRACE_S, self._cancel_lingering)
 
     def _cancel_lingering(self) -> None:
         lingering = [t for t in self._tasks if not t.done()]
-        if lingering:
-            # Every task still running, nested ones too: the one that ignored its
-            # cancellation is among them, and the log is all there is to find it by.
-            current = asyncio.current_task()
-            for task in asyncio.all_tasks():
-                if task is not current and not task.done():
-                    log.error(
-                        "still running after the stop began: task %s, in %s",
-                        task.get_name(),
-                        " -> ".join(awaiting(task)) or "?",
-                    )
+        if not lingering:
+            return
+        # Every task still running, nested ones too: the one that ignored its cancellation
+        # is among them, and the log is all there is to find it by.
+        loop = asyncio.get_running_loop()
+        since = loop.time() - self._stop_began
+        current = asyncio.current_task()
+        for task in asyncio.all_tasks():
+            if task is not current and not task.done():
+                log.error(
+                    "still running after the stop began %.1f s ago: task %s, in %s",
+                    since,
+                    task.get_name(),
+                    " -> ".join(awaiting(task)) or "?",
+                )
         for task in lingering:
             log.error("cancelling task %s again", task.get_name())
             task.cancel()
-        if self._recancel is not None:
-            self._recancel.cancel()
-        loop = asyncio.get_running_loop()
         self._recancel = loop.call_later(RECANCEL_S, self._cancel_lingering)
 
     def _stopped(self) -> None:
         if self._recancel is not None:
             self._recancel.cancel()
+            self._recancel = None
         self._tasks.clear()
 
     def _mount(

@@ -134,7 +134,7 @@ async def test_a_task_that_ignores_the_stop_is_named_and_cancelled_again(tmp_pat
     assert STOP_GRACE_S <= took < STOP_GRACE_S + 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any(
-        "still running after the stop began: task connection[c]" in m and "_open" in m
+        "still running after the stop began" in m and "task connection[c], in" in m and "_open" in m
         for m in errors
     ), errors
     assert "cancelling task connection[c] again" in errors
