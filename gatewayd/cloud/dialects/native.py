@@ -204,7 +204,7 @@ class ConfigDown(BaseModel):
     def _keep_sent_version(cls, data: Any, handler: ModelWrapValidatorHandler[ConfigDown]) -> Any:
         model = handler(data)
         sent = data.get("version") if isinstance(data, dict) else None
-        model._sent_version = sent if type(sent) is int else model.version
+        model._sent_version = sent if type(sent) is int else model.version  # noqa: SLF001
         return model
 
     @property
