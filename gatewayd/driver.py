@@ -47,9 +47,11 @@ class PointConfig(BaseModel):
         ge=0,
         le=12,
         description=(
-            "Decimal places numeric values are rounded to. By default a scaled value keeps "
-            "the places its scale and offset imply (raw 217 with scale 0.1 is sent as 21.7, "
-            "not 21.700000000000003; at most 12), and an unscaled value is sent as read."
+            "Decimal places numeric values are rounded to. By default a scaled raw integer "
+            "keeps the places its scale and offset imply (raw 217 with scale 0.1 is sent as "
+            "21.7, not 21.700000000000003; at most 12), a scaled raw decimal keeps its own "
+            "places without the float noise (45.5 with scale 0.01 is 0.455), and an "
+            "unscaled value is sent as read."
         ),
     )
     writable: bool = Field(

@@ -1,9 +1,10 @@
 """Sample -> Reading: scale and offset, once, for every driver.
 
 A scaled value is a measurement, not a product of binary floats: 217 x 0.1 is sent as 21.7,
-not 21.700000000000003. Each point is rounded to the decimal places its scale and offset
-imply (0.1 -> 1, 0.005 -> 3, an offset of -273.15 -> 2), or to its own `decimals`; the
-places are worked out once per point, so a value costs one `round()`.
+not 21.700000000000003. A raw integer is rounded to the decimal places its point's scale and
+offset imply (0.1 -> 1, 0.005 -> 3, an offset of -273.15 -> 2); a raw decimal keeps its own
+places (45.5 x 0.01 is 0.455) with the float noise dropped; a point's own `decimals` rounds
+every value. The places are worked out once per point, so a value costs one `round()`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
         and not isinstance(value, bool)
     ):
         places = decimals_of(point.scale, point.offset, point.decimals)
-        value = round(value * point.scale + point.offset, places)
+        value = _scaled(value, point.scale, point.offset, places, point.decimals is not None)
     quality = Quality.GOOD
     if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN nor infinity
         quality = Quality.BAD
@@ -50,6 +51,20 @@ def normalise(connection: str, device: str, point: PointConfig, sample: Sample) 
 _NUMBER = (int, float)
 _INF = math.inf
 _MAX_PLACES = 12  # a scale like 1/3 implies endless places; 12 are finer than any sensor
+
+
+def _scaled(value: float, scale: float, offset: float, places: int, explicit: bool) -> float:
+    """A raw integer (a register) scaled says no more than the scale: round to its places.
+
+    A raw value that is already a decimal (a serial instrument's `45.5`, a float32 register)
+    carries places of its own that the scale does not know, so unless the point sets
+    `decimals` only the float noise is dropped: 12 significant digits are more than any
+    field device measures.
+    """
+    scaled = value * scale + offset
+    if explicit or type(value) is int:
+        return round(scaled, places)
+    return float(f"{scaled:.12g}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,10 +119,12 @@ class BatchNormaliser:
         if plan is None:
             return None
         values: list[Value | None] = list(batch.values)
-        for i, scale, offset, places in plan.scaled:
+        for i, scale, offset, places, explicit in plan.scaled:
             value = values[i]
-            if isinstance(value, _NUMBER) and not isinstance(value, bool):
+            if type(value) is int or (explicit and type(value) is float):
                 values[i] = round(value * scale + offset, places)
+            elif type(value) is float:
+                values[i] = float(f"{value * scale + offset:.12g}")
         quality = None
         # NaN or infinity from a sensor: JSON has neither. Three scans in C beat one in Python.
         if any(v != v for v in values) or _INF in values or -_INF in values:  # noqa: PLR0124
@@ -121,7 +138,9 @@ class _Plan:
     __slots__ = ("scaled", "units")
 
     def __init__(
-        self, units: tuple[str | None, ...], scaled: list[tuple[int, float, float, int]]
+        self,
+        units: tuple[str | None, ...],
+        scaled: list[tuple[int, float, float, int, bool]],
     ) -> None:
         self.units = units
         self.scaled = scaled
@@ -134,7 +153,13 @@ class _Plan:
         return cls(
             tuple(c.unit for c in configs),
             [
-                (i, c.scale, c.offset, decimals_of(c.scale, c.offset, c.decimals))
+                (
+                    i,
+                    c.scale,
+                    c.offset,
+                    decimals_of(c.scale, c.offset, c.decimals),
+                    c.decimals is not None,
+                )
                 for i, c in enumerate(configs)
                 if c.scale != 1.0 or c.offset != 0.0 or c.decimals is not None
             ],

@@ -79,6 +79,16 @@ def test_decimals_rounds_a_point_even_without_scale():
     assert normalise("c", "d", coarse, Sample("v", 21749, NOW)).value == 21.7
 
 
+def test_a_raw_decimal_keeps_its_own_places_and_loses_only_the_noise():
+    # A serial instrument's "45.5" scaled by 0.01: the scale's two places would say 0.46.
+    point = PointConfig(scale=0.01)
+    assert normalise("c", "d", point, Sample("v", 45.5, NOW)).value == 0.455
+    assert _batch(point, 45.5, 2173) == [0.455, 21.73]
+    noisy = PointConfig(scale=0.1)
+    assert json.dumps(normalise("c", "d", noisy, Sample("v", 217.0, NOW)).value) == "21.7"
+    assert json.dumps(_batch(noisy, 217.0)) == "[21.7]"
+
+
 def test_decimals_of_is_worked_out_once_per_point():
     assert [decimals_of(s, o, None) for s, o in [(0.1, 0), (1, -273.15), (2.5e-5, 0)]] == [1, 2, 6]
     assert decimals_of(0.1, 0, 3) == 3
