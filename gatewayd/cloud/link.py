@@ -16,8 +16,9 @@ import logging
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -47,6 +48,12 @@ from gatewayd.supervise import CancelWatch, keep_cancellation, supervise
 __all__ = ["LinkTiming", "PackedOnce", "Uplink", "should_fall_back"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The largest packet the broker may send: the largest downlink the decoder takes, plus room for
+# the topic and properties.
+MAX_DOWNLINK_PACKET_BYTES = native.MAX_PAYLOAD_BYTES + 64 * 1024
 
 # On the way out (the task cancelled), how long the DISCONNECT to the broker may take: a broker
 # that stopped reading must not hold up a stop (aiomqtt waits `connect_timeout_s` for it).
@@ -200,6 +207,7 @@ class Uplink:
             timeout=cfg.connect_timeout_s,
             tls_context=self._tls_context(),
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            properties=_connect_properties() if self._mqtt5 else None,
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -215,7 +223,11 @@ class Uplink:
         devices = [c.device_id for c in self._children.children()]
         topics = native.subscriptions(self._gateway_id, devices)
         with keep_cancellation():  # the SUBACK is awaited with wait_for too (see `_connection`)
-            await client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s)
+            await _unless_lost(
+                client,
+                client.subscribe([(t, 1) for t in topics], timeout=self._timing.answer_timeout_s),
+                "the subscribe",
+            )
         self.connects += 1
         version = "MQTT 5" if self._mqtt5 else "MQTT 3.1.1"
         self._component.up(f"{self._host}:{self._config.effective_port} ({version})")
@@ -371,6 +383,46 @@ async def _connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
         raise
     else:
         await client.__aexit__(None, None, None)
+    finally:
+        # The session's own error says why it ended; aiomqtt's "disconnected" future holds the
+        # same loss and, left unread, is logged at ERROR as "never retrieved" at collection.
+        lost = client._disconnected  # noqa: SLF001
+        if lost.done() and not lost.cancelled():
+            lost.exception()
+
+
+def _connect_properties() -> Properties:
+    """CONNECT properties: the largest packet the gateway takes (MQTT 5 only).
+
+    A downlink larger than `native.MAX_PAYLOAD_BYTES` is refused by the decoder anyway; told
+    in the CONNECT, the broker drops it instead of sending it, so a huge message (mosquitto
+    forwards up to 256 MB by default) never reaches a small gateway's memory at all.
+    """
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = MAX_DOWNLINK_PACKET_BYTES
+    return props
+
+
+async def _unless_lost(client: aiomqtt.Client, work: Awaitable[T], what: str) -> T:
+    """Await `work`, or give up as soon as the connection is lost.
+
+    aiomqtt leaves a SUBSCRIBE waiting for its SUBACK when the connection drops and fails it
+    only at its own timeout, so a link cut between the CONNACK and the SUBACK would sit idle
+    for `answer_timeout_s` instead of reconnecting within the backoff. The client's own
+    "disconnected" future is the one place that hears of the loss first.
+    """
+    task = asyncio.ensure_future(work)
+    lost: asyncio.Future[None] = client._disconnected  # noqa: SLF001 - see the docstring
+    try:
+        await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    reason = lost.exception() if lost.done() and not lost.cancelled() else None
+    msg = f"connection lost before the broker answered {what}"
+    raise UplinkUnavailable(f"{msg}: {reason}" if reason else msg)
 
 
 class _OldBroker(Exception):
