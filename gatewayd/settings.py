@@ -150,7 +150,8 @@ class OutboxConfig(_Section):
         description=(
             "When batched: the file is synced at least this often, and telemetry waits in "
             "memory this long for the broker's acknowledgement before it is written (what is "
-            "acknowledged meanwhile is never written). The most a power cut or a crash can lose."
+            "acknowledged meanwhile is never written). The most of the unacknowledged "
+            "telemetry a crash of the daemon can lose; a power cut, twice it."
         ),
     )
     min_free_bytes: int | None = Field(

@@ -19,8 +19,10 @@ fails (the age bound, the WAL sync) is retried; the daemon goes on.
 
 Records also go to an in-memory tail (`gatewayd.store.outbox_tail`) as they are appended, until
 they are acknowledged, so `fetch()` serves a pump that keeps up without reading SQLite. With
-`batched` durability, records from `put()` wait up to `batch_window_ms` before their insert;
-one the broker acknowledges meanwhile is dropped from the commit and never written. The file
+`batched` durability, records from `put()` wait up to `batch_window_ms` before their insert
+(counted from their own append, so a crash loses at most that window of them, and a power cut
+twice it: the wait, then the WAL sync); one the broker acknowledges meanwhile is dropped from
+the commit and never written. The file
 is always a prefix of what was appended: a commit writes the oldest waiting records, and all
 of them when someone waits for one (`append()`).
 """
@@ -407,17 +409,31 @@ class Outbox:
                 # Hold new records back for a moment: the broker acknowledges most of them
                 # meanwhile, and those are never written. Someone waiting cuts it short.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), self._hold_s)
+                    await asyncio.wait_for(self._hurry.wait(), self._hold_left())
             await self._commit()
             if self._pending and self._memory is None:
                 self._wake.set()  # the ones still held go in a later commit
+
+    def _hold_left(self) -> float:
+        """Seconds until the oldest record held has waited the whole window.
+
+        Measured from that record's append, not from the wake: a record appended just after
+        a commit would otherwise wait out one hold for nothing and be written only in the
+        next, so a crash could lose two windows of readings instead of one.
+        """
+        if not self._pending:
+            return self._hold_s  # only deletions to write: they can wait a window
+        oldest_at = next(iter(self._pending.values()))[1]
+        return max(0.0, oldest_at + self._hold_s - time.monotonic())
 
     def _due(self, everything: bool) -> list[Record]:
         """The records the next commit writes: the oldest, in order, up to the last one due.
 
         Everything when asked, when someone waits, without holding, or near the put-ahead
-        bound; otherwise those appended at least the hold time ago. Always a prefix, so every
-        record in the file is older than every record still pending.
+        bound; otherwise those appended at least half the hold time ago. The committer runs
+        when the oldest has been held the whole window, so every record is written within one
+        window of its append, and commits come at least half a window apart. Always a prefix,
+        so every record in the file is older than every record still pending.
         """
         pending = self._pending
         if (
@@ -431,7 +447,7 @@ class Outbox:
             self._pending_bytes = 0
             self._hurry.clear()
             return due
-        cutoff = time.monotonic() - self._hold_s
+        cutoff = time.monotonic() - self._hold_s / 2
         due = []
         for record, at in pending.values():
             if at > cutoff:
