@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gatewayd.store.access import Trouble, classify
 from gatewayd.store.errors import (
     DeviceExists,
     DeviceNotFound,
@@ -87,12 +89,33 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return _http_error(request, exc)
-    except Exception:
-        incident = secrets.token_hex(4)
-        log.exception("%s %s failed (incident %s)", request.method, request.path, incident)
-        msg = f"internal error, incident {incident}; see the gateway's log"
-        return error_response(500, "INTERNAL_ERROR", msg)
+    except sqlite3.Error as exc:
+        return _storage_refused(request, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its trace in _incident
+        return _incident(request, exc)
     return response
+
+
+def _storage_refused(request: web.Request, exc: sqlite3.Error) -> web.Response:
+    """503 for a full or failing disk, the gateway's weather: nothing changed, retry later."""
+    if classify(exc) not in {Trouble.DISK, Trouble.LOCKED}:
+        return _incident(request, exc)
+    log.warning("%s %s: storage refused it: %s", request.method, request.path, exc)
+    response = error_response(
+        503,
+        "STORAGE_UNAVAILABLE",
+        f"the gateway's storage refused the change ({exc}): the change was not stored; retry later",
+    )
+    response.headers["Retry-After"] = "10"
+    return response
+
+
+def _incident(request: web.Request, exc: BaseException) -> web.Response:
+    """A 500: only ever a bug. The reply's incident number is in the log line with the trace."""
+    incident = secrets.token_hex(4)
+    log.error("%s %s failed (incident %s)", request.method, request.path, incident, exc_info=exc)
+    msg = f"internal error, incident {incident}; see the gateway's log"
+    return error_response(500, "INTERNAL_ERROR", msg)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -163,6 +163,10 @@ def _responses(op: Operation) -> dict[str, Any]:
         out.setdefault("400", _error("a token header that is not UTF-8"))
         out.setdefault("401", _error("no token, or an unknown one"))
         out.setdefault("403", _error(f"the token lacks the {op.scope} scope"))
+    if op.scope == "admin":
+        out.setdefault(
+            "503", _error("the gateway's storage refused the change (disk full or failing)")
+        )
     if op.body is not None:
         out.setdefault("408", _error("the body did not arrive within api.body_timeout_s"))
         out.setdefault("413", _error("the body is larger than 1 MiB"))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sqlite3
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
@@ -41,6 +42,7 @@ from gatewayd.config_load import read_secret
 from gatewayd.errors import UplinkUnavailable
 from gatewayd.health import Component
 from gatewayd.settings import CloudConfig
+from gatewayd.store.access import Trouble, classify
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.outbox import Outbox, Record
 from gatewayd.supervise import CancelWatch, keep_cancellation, supervise
@@ -287,7 +289,7 @@ class Uplink:
         for start in range(0, len(unanswered), native.MAX_CHILDREN_PER_ADD):
             chunk = unanswered[start : start + native.MAX_CHILDREN_PER_ADD]
             for child in chunk:
-                await self._state.set_child(child.device_id, "pending")
+                await self._note_pending(child.device_id)
             await self._send(
                 seam, self._gateway_id, "children/add", native.children_add(uuid.uuid4().hex, chunk)
             )
@@ -306,6 +308,19 @@ class Uplink:
                 "children/delete",
                 native.children_delete(uuid.uuid4().hex, gone),
             )
+
+    async def _note_pending(self, device_id: str) -> None:
+        """Mark a child as asked for; a disk that takes nothing (full) does not stop the ask.
+
+        The mark is bookkeeping: the request goes out regardless, and the cloud's answer (or
+        the next retry) settles the child's state once the disk has room again.
+        """
+        try:
+            await self._state.set_child(device_id, "pending")
+        except sqlite3.Error as exc:
+            if classify(exc) not in {Trouble.DISK, Trouble.LOCKED}:
+                raise
+            log.warning("uplink: child %s not marked as asked for: %s", device_id, exc)
 
     async def _send(self, seam: PublishSeam, device_id: str, kind: str, payload: bytes) -> None:
         """Publish a resync message directly (not through the outbox) and wait for its PUBACK."""

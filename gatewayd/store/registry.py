@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gatewayd.devices import Device, DeviceCreate, DeviceStatus, DeviceUpdate, NodeType
 from gatewayd.products import ProductCatalog
 from gatewayd.store import device_rows as rows
+from gatewayd.store.access import Trouble, classify
 from gatewayd.store.db import Database
 from gatewayd.store.device_rows import DevicePage, DeviceQuery, Origin
 from gatewayd.store.errors import (
@@ -58,6 +59,8 @@ class Registry:
         self._shadows = shadows
         self._clock = clock
         self.gateway_id: str | None = None
+        # Field statuses the disk did not take (full): written with the next status change.
+        self._unwritten: dict[str, tuple[DeviceStatus, str]] = {}
 
     async def register_gateway(
         self, device_id: str, node_id: str, product_id: str, name: str | None
@@ -226,20 +229,31 @@ class Registry:
         """
         if status is DeviceStatus.INACTIVE:
             raise InvalidField("status", "INACTIVE is not a status a device can go back to")
-        now = self._clock().isoformat()
+        pending = {**self._unwritten, device_id: (status, self._clock().isoformat())}
 
         def work(conn: sqlite3.Connection) -> Device:
-            device = rows.get(conn, device_id)
-            if device.status is not status:
+            rows.get(conn, device_id)  # DeviceNotFound for an unknown one
+            for device, (state, at) in pending.items():
                 conn.execute(
                     "UPDATE devices SET status = ?, connection_status_update_time = ?, "
                     "active_time = COALESCE(active_time, CASE WHEN ? = 'ONLINE' "
-                    "THEN ? END) WHERE device_id = ?",
-                    (status.value, now, status.value, now, device_id),
+                    "THEN ? END) WHERE device_id = ? AND status != ?",
+                    (state.value, at, state.value, at, device, state.value),
                 )
             return rows.get(conn, device_id)
 
-        return await self._db.transact(work)
+        try:
+            updated = await self._db.transact(work)
+        except sqlite3.Error as exc:
+            # The field's status is the gateway's to keep, not a client's request to refuse:
+            # a disk that takes nothing (full) must not stop the connection that reported it.
+            if classify(exc) not in {Trouble.DISK, Trouble.LOCKED}:
+                raise
+            self._unwritten = pending
+            self._db.writes_failing(str(exc))
+            return await self.get(device_id)
+        self._unwritten = {}
+        return updated
 
     def _place(self, conn: sqlite3.Connection, gateway_id: str | None) -> tuple[str, int]:
         """The parent's id and the new device's level."""

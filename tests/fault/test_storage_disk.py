@@ -14,19 +14,23 @@ daemon counted as dropped (per-record counts: sent, delivered, lost, duplicated)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gatewayd.health import Health
 from gatewayd.settings import OutboxConfig
 from gatewayd.store.outbox import open_outbox
-from tests.fault.daemon_setup import Daemon
+from tests.fault.daemon_setup import TOKEN, Daemon
 from tests.fault.storage_setup import fill, storage_config, tmpfs
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 from tests.mqtt_broker import Broker
 from tests.refcloud import RefCloud
 
@@ -35,6 +39,7 @@ pytestmark = [
     pytest.mark.timeout(90),
 ]
 
+DEVICES_PATH = "/v5/iot/local/devices"
 HELD = 64 * 1024  # outbox.held_max_bytes in these tests: an outage fills it in a second
 
 
@@ -299,3 +304,64 @@ async def test_a_wiped_state_directory_on_a_full_disk_runs_in_memory(tmp_path):
                 filler.unlink()
     assert status == 0
     assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+
+
+def post(daemon: Daemon, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST `body`; the status and the JSON reply, whatever the status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.api_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"X-Auth-Token": TOKEN, "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+async def test_api_writes_on_a_full_disk_are_refused_with_503_not_500(tmp_path):
+    """A registry change the disk cannot take is answered 503 STORAGE_UNAVAILABLE (the
+    client may retry), never a 500; the daemon goes on, and the same request succeeds once
+    space returns."""
+    with tmpfs(tmp_path / "disk", "8m") as disk, Broker(tmp_path / "broker") as broker:
+        daemon = await start(tmp_path, disk / "state", broker, min_free_bytes=0)
+        await asyncio.to_thread(daemon.stop)
+        config = yaml.safe_load(daemon.config.read_text())
+        config["api"]["tokens"]["tests"]["scope"] = "admin"
+        config["products"] = str(ROOT / "tests" / "data" / "products")
+        daemon.config.write_text(yaml.safe_dump(config))
+        await asyncio.to_thread(daemon.start)
+        statuses: dict[int, int] = {}
+        try:
+            filler = fill(disk)
+            try:
+                refused = None
+                for i in range(400):  # until the WAL has to grow; bounded
+                    body = {
+                        "node_id": f"n{i}",
+                        "product_id": "thermostat",
+                        "description": "x" * 2000,
+                    }
+                    status, reply = await asyncio.to_thread(post, daemon, DEVICES_PATH, body)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    assert status in {201, 503}, reply
+                    if status == 503:
+                        refused = (i, reply)
+                        break
+                assert refused is not None, f"the full disk took every write: {statuses}"
+                assert refused[1]["error_code"] == "STORAGE_UNAVAILABLE"
+                assert "not stored" in refused[1]["error_msg"]
+            finally:
+                filler.unlink()
+            body = {"node_id": f"n{refused[0]}", "product_id": "thermostat"}
+            status, reply = await asyncio.to_thread(post, daemon, DEVICES_PATH, body)
+            assert status == 201, reply
+            assert daemon.proc is not None
+            assert daemon.proc.poll() is None
+        finally:
+            daemon.stop()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "Traceback" not in log
+    print(f"API writes on a full disk: {statuses}")
