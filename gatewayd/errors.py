@@ -7,6 +7,7 @@ __all__ = [
     "EX_LISTEN",
     "EX_LOCKED",
     "EX_STATE_ACCESS",
+    "EX_STATE_NEWER",
     "ConfigError",
     "ConnectionLost",
     "DeviceUnavailable",
@@ -15,6 +16,7 @@ __all__ = [
     "StartupError",
     "StateAccessDenied",
     "StateDirLocked",
+    "StateTooNew",
     "TransientError",
     "UplinkUnavailable",
     "WriteRejected",
@@ -27,6 +29,7 @@ EX_CONFIG = 78  # EX_CONFIG: the configuration is invalid
 EX_STATE_ACCESS = 77  # EX_NOPERM: a state file the service user may not read or write
 EX_LOCKED = 75  # EX_TEMPFAIL: another gatewayd holds the state directory
 EX_LISTEN = 69  # EX_UNAVAILABLE: the local API cannot listen (address in use)
+EX_STATE_NEWER = 65  # EX_DATAERR: a state file written by a newer gatewayd (a downgrade)
 
 
 class GatewaydError(Exception):
@@ -79,3 +82,13 @@ class ListenFailed(StartupError):
     """The local API could not bind its address (in use, or not on this host)."""
 
     exit_status = EX_LISTEN
+
+
+class StateTooNew(StartupError):
+    """A state file's schema is newer than this gatewayd knows: the package was downgraded.
+
+    Not a configuration error (78): nothing in the YAML can fix it. The file is left as it is,
+    so upgrading again finds every record.
+    """
+
+    exit_status = EX_STATE_NEWER

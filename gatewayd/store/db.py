@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gatewayd.errors import ConfigError
+from gatewayd.errors import StateTooNew
 from gatewayd.store.access import Trouble, classify
 from gatewayd.store.sqlite_worker import Damaged, move_aside, open_sqlite
 
@@ -147,7 +147,7 @@ async def open_database(
     Raises:
         StateAccessDenied: the file exists and this user may not read or write it.
         StateLocked: another process holds a lock on it.
-        ConfigError: the file was written by a newer gatewayd.
+        StateTooNew: the file was written by a newer gatewayd.
 
     A new file the disk cannot take even for this process alone (a wiped state directory on a
     full disk) is kept in memory for the run (`Database.in_memory` says why).
@@ -250,9 +250,10 @@ def _migrate(conn: sqlite3.Connection, path: Path, migrations: tuple[str, ...]) 
     if current > len(migrations):
         msg = (
             f"state database {path} has schema version {current}; this gatewayd knows "
-            f"up to {len(migrations)} (downgrades are not supported)"
+            f"up to {len(migrations)}: it was written by a newer version (downgrades are not "
+            "supported); the file is left as it is"
         )
-        raise ConfigError(msg)
+        raise StateTooNew(msg)
     for version in range(current, len(migrations)):
         # The script and its version bump form one transaction: a crash leaves either.
         try:

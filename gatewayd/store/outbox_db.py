@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gatewayd.errors import StateTooNew
+
 __all__ = ["Batch", "Committed", "OutboxTables", "Record", "migrate", "new_instance"]
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,14 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Create or upgrade the tables (`PRAGMA user_version` is the schema version)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        msg = f"outbox schema {version} is newer than this gatewayd ({SCHEMA_VERSION})"
-        raise RuntimeError(msg)
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        msg = (
+            f"{path}: outbox schema {version} is newer than this gatewayd knows "
+            f"({SCHEMA_VERSION}): "
+            "it was written by a newer version; the file is left as it is, upgrade gatewayd "
+            "again to send what it holds"
+        )
+        raise StateTooNew(msg)
     conn.executescript(_SCHEMA)
     if version != SCHEMA_VERSION:  # no write when there is nothing to change (a full disk)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -15,7 +15,7 @@ from gatewayd.devices import (
     compact_time,
     precise_time,
 )
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, StateTooNew
 from gatewayd.store import STATE_FILE, open_store
 from gatewayd.store.db import MIGRATIONS, open_database
 from gatewayd.store.errors import (
@@ -216,7 +216,7 @@ async def test_forward_migration_keeps_data_and_newer_files_are_refused(tmp_path
         assert await db.schema_version() == 2
         rows = await db.run(lambda c: c.execute("SELECT x, y FROM a").fetchall())
         assert rows == [(3, 7)]
-    with pytest.raises(ConfigError, match="downgrades are not supported"):
+    with pytest.raises(StateTooNew, match="downgrades are not supported"):
         async with open_database(path, first):
             pass
 
