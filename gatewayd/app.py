@@ -18,12 +18,14 @@ from gatewayd.api.metrics import mount_metrics
 from gatewayd.api.server import ApiServer, build_app
 from gatewayd.bridge.cloud_sync import CloudDesired, CloudReports
 from gatewayd.bridge.field import FieldState
+from gatewayd.bridge.gateway_report import GatewayReport
 from gatewayd.bridge.points import PointIndex
 from gatewayd.bridge.reconcile import Reconciler
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.bridge.telemetry import TelemetrySink
 from gatewayd.cloud.children import ConfiguredChildren, StatusBoard
+from gatewayd.cloud.firmware import known_firmware
 from gatewayd.cloud.link import Uplink
 from gatewayd.cloud.routes import mount_cloud
 from gatewayd.driver import ConnectionConfig, Driver
@@ -188,7 +190,8 @@ class App:
                 self.children,
                 self.board,
                 self.health.component("uplink"),
-                desired=CloudDesired(store.registry, store.products, store.shadows),
+                desired=CloudDesired(store.registry, store.products, store.shadows, reports),
+                firmware=known_firmware(self.settings),
             )
             self._spawn(tg, self.uplink.run(), "uplink")
         self._spawn(tg, self._announce_ready(), "ready")
@@ -196,7 +199,20 @@ class App:
         for conn_id, runner in self.runners.items():
             self._spawn(tg, runner.run(), f"connection[{conn_id}]")
         self._spawn(tg, reconciler.run(), "reconcile")
+        self._spawn(tg, self._gateway_report(store, outbox).run(), "gateway_report")
         self._spawn(tg, self._wait_stop(), "stop")
+
+    def _gateway_report(self, store: Store, outbox: Outbox) -> GatewayReport:
+        gateway = self.settings.gateway
+        return GatewayReport(
+            gateway.effective_device_id,
+            gateway.product_id,
+            store.products,
+            outbox,
+            store.shadows,
+            self.health,
+            lambda: max(0, (self.connects or 0) - 1),
+        )
 
     def _spawn(self, tg: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = tg.create_task(coro, name=name)

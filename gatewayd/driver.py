@@ -114,6 +114,16 @@ class DeviceConfig(BaseModel, Generic[P]):
     )
     product_id: str | None = Field(default=None, description="Product model of the device.")
     name: str | None = Field(default=None, description="Display name.")
+    fw_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "Firmware version of the device, as its maker names it. When set, it is sent to "
+            "the cloud on `update` at every connect (with the display name); change it here "
+            "after a firmware upgrade and restart. Unset: no `update` for this device."
+        ),
+    )
     parent: str | None = Field(
         default=None,
         description="Key of another device on this connection that this one sits behind.",

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from gatewayd.cloud.downlinks import (
     DesiredConfig,
     Downlinks,
 )
+from gatewayd.cloud.firmware import Firmware
 from gatewayd.cloud.puback import PublishSeam
 from gatewayd.cloud.pump import Pump
 from gatewayd.cloud.ratelimit import TokenBucket
@@ -105,6 +106,7 @@ class Uplink:
         executor: runs commands; the built-in one answers `ping`.
         desired: applies accepted desired config to the devices' desired state.
         timing: time bounds.
+        firmware: devices whose firmware version is known, sent on `update` at every connect.
     """
 
     def __init__(  # noqa: PLR0913, PLR0917 - every argument is an injected collaborator
@@ -120,6 +122,7 @@ class Uplink:
         executor: CommandExecutor | None = None,
         desired: DesiredConfig | None = None,
         timing: LinkTiming | None = None,
+        firmware: Sequence[Firmware] = (),
     ) -> None:
         if config.host is None:
             msg = "cloud.host is not set"
@@ -133,6 +136,7 @@ class Uplink:
         self._board = board
         self._component = component
         self._timing = timing or LinkTiming()
+        self._firmware = tuple(firmware)
         self._password = read_secret(config.password_file) if config.password_file else None
         access_key = read_secret(config.access_key_file) if config.access_key_file else None
         if access_key and not config.tls.enabled:
@@ -144,6 +148,8 @@ class Uplink:
             gateway_id, state, outbox, children, executor or BuiltinCommands(), desired
         )
         self._properties: dict[str, Properties] = {}
+        self._subscribed: set[str] = set()  # children whose downlinks this session subscribed
+        self._readd: set[str] = set()  # children to ask the cloud for again (changed)
         self.pump = Pump(outbox, self._encode, TokenBucket(config.rate_limit_msg_s))
         self.connects = 0  # sessions that got as far as subscribing
         self.downlinks = self._downlinks.counts  # by result: ok, invalid, failed
@@ -222,7 +228,11 @@ class Uplink:
         return context
 
     async def _connected(self, client: aiomqtt.Client, seam: PublishSeam) -> None:
+        # What changed while offline is covered by this connect's resync; children changed in
+        # place (a new name) are asked for again, the cloud's `children/add` being an upsert.
+        self._readd.update(d for d, c in self._children.take_changes().items() if c is not None)
         devices = [c.device_id for c in self._children.children()]
+        self._subscribed = set(devices)
         topics = native.subscriptions(self._gateway_id, devices)
         with keep_cancellation():  # the SUBACK is awaited with wait_for too (see `_connection`)
             await _unless_lost(
@@ -237,7 +247,7 @@ class Uplink:
             tg.create_task(self._listen(client), name="uplink.listen")
             await self._resync(seam)
             tg.create_task(self.pump.run(seam), name="uplink.drain")
-            tg.create_task(self._children_loop(seam), name="uplink.children")
+            tg.create_task(self._children_loop(client, seam), name="uplink.children")
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -252,23 +262,70 @@ class Uplink:
                 seam, self._gateway_id, "children/status", native.children_status(statuses)
             )
         await self._register_children(seam)
+        for known in self._firmware:
+            await self._send(
+                seam, known.device_id, "update", native.update(known.version, known.name)
+            )
         for device_id in [self._gateway_id, *(c.device_id for c in self._children.children())]:
             await self._send(seam, device_id, "get", b"{}")
 
-    async def _children_loop(self, seam: PublishSeam) -> None:
+    async def _children_loop(self, client: aiomqtt.Client, seam: PublishSeam) -> None:
         loop = asyncio.get_running_loop()
         next_retry = loop.time() + self._timing.children_retry_s
         while True:
-            try:
-                async with asyncio.timeout(max(0.0, next_retry - loop.time())):
-                    await self._board.changed.wait()
-            except TimeoutError:
+            timeout = max(0.0, next_retry - loop.time())
+            if not await _either(self._board.changed, self._children.changed, timeout):
                 next_retry = loop.time() + self._timing.children_retry_s
                 await self._register_children(seam)
                 continue
             changes = self._board.take_changes()
             if changes:
                 await self._send_changes(seam, changes)
+            devices = self._children.take_changes()
+            if devices:
+                try:
+                    await self._children_changed(client, seam, devices)
+                except BaseException:
+                    self._children.restore(devices)
+                    raise
+
+    async def _children_changed(
+        self, client: aiomqtt.Client, seam: PublishSeam, changes: Mapping[str, Child | None]
+    ) -> None:
+        """Children registered, changed or deleted while connected: told to the cloud at once.
+
+        A new child's downlink topics are subscribed before the cloud hears of it, so nothing
+        the cloud sends it once it knows is lost; then `children/add`, then its `get`. A
+        removed child's topics are dropped, then `children/delete`.
+        """
+        fresh = [d for d, c in changes.items() if c is not None and d not in self._subscribed]
+        gone = [d for d, c in changes.items() if c is None and d in self._subscribed]
+        if fresh:
+            await self._subscription(client, fresh, subscribe=True)
+        if gone:
+            await self._subscription(client, gone, subscribe=False)
+        self._readd.update(d for d, c in changes.items() if c is not None)
+        await self._register_children(seam)
+        for device_id in fresh:
+            await self._send(seam, device_id, "get", b"{}")
+
+    async def _subscription(
+        self, client: aiomqtt.Client, devices: list[str], *, subscribe: bool
+    ) -> None:
+        topics = [native.topic(d, kind) for d in devices for kind in native.DEVICE_DOWNLINKS]
+        timeout = self._timing.answer_timeout_s
+        with keep_cancellation():
+            if subscribe:
+                await _unless_lost(
+                    client, client.subscribe([(t, 1) for t in topics], timeout=timeout),
+                    "the subscribe",
+                )  # fmt: skip
+                self._subscribed.update(devices)
+            else:
+                await _unless_lost(
+                    client, client.unsubscribe(topics, timeout=timeout), "the unsubscribe"
+                )
+                self._subscribed.difference_update(devices)
 
     async def _send_changes(self, seam: PublishSeam, changes: Mapping[str, ChildStatus]) -> None:
         try:
@@ -281,10 +338,12 @@ class Uplink:
 
     async def _register_children(self, seam: PublishSeam) -> None:
         known = await self._state.children()
+        readd, self._readd = self._readd, set()
         unanswered: list[Child] = [
             c
             for c in self._children.children()
-            if known.get(c.device_id, {}).get("state") not in {"registered", "refused"}
+            if c.device_id in readd
+            or known.get(c.device_id, {}).get("state") not in {"registered", "refused"}
         ]
         for start in range(0, len(unanswered), native.MAX_CHILDREN_PER_ADD):
             chunk = unanswered[start : start + native.MAX_CHILDREN_PER_ADD]
@@ -297,7 +356,7 @@ class Uplink:
         gone = [
             d
             for d, row in known.items()
-            if row["state"] == "registered"
+            if row["state"] in {"registered", "pending"}
             and d not in configured
             and row["reason"] != ADDED_BY_CLOUD
         ]
@@ -442,6 +501,19 @@ async def _unless_lost(client: aiomqtt.Client, work: Awaitable[T], what: str) ->
 
 class _OldBroker(Exception):
     """The broker answered an MQTT 5 CONNECT with "unsupported protocol version"."""
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until either event is set (True) or the time is up (False)."""
+    if first.is_set() or second.is_set():
+        return True
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return bool(done)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

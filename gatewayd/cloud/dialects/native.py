@@ -53,6 +53,7 @@ __all__ = [
     "children_add",
     "children_delete",
     "children_status",
+    "cloud_settings_update",
     "command_update",
     "decode",
     "encode_json",
@@ -63,6 +64,7 @@ __all__ = [
     "subscriptions",
     "telemetry",
     "topic",
+    "update",
     "with_record_id",
 ]
 
@@ -149,6 +151,16 @@ def license_update(license_id: str, state: str, error: str = "") -> bytes:
     if error:
         body["error"] = error
     return encode_json(body)
+
+
+def update(firmware_version: str, name: str) -> bytes:
+    """`update`: the device's firmware version and display name."""
+    return encode_json({"firmware_version": firmware_version, "name": name})
+
+
+def cloud_settings_update(prop: str, value: Any) -> bytes:
+    """`cloud_settings/update`: a setting the gateway applies, as it applies it."""
+    return encode_json({"property": prop, "value": value})
 
 
 def children_status(statuses: Mapping[str, ChildStatus]) -> bytes:
