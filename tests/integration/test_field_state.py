@@ -18,7 +18,7 @@ from tests.store_fixtures import ADMIN, running_app, store_settings
 DEVICE_ID = "thermostat_room1"
 
 
-def _settings(tmp_path, **setpoint):
+def _settings(tmp_path, interval_s=0.05, **setpoint):
     points = {
         "temperature": {"initial": 21.5, "unit": "°C"},
         "setpoint": {"initial": 20.0, "writable": True, **setpoint},
@@ -30,7 +30,11 @@ def _settings(tmp_path, **setpoint):
             "virtual": {
                 "driver": "memory",
                 "devices": {
-                    "room1": {"product_id": "thermostat", "interval_s": 0.05, "points": points}
+                    "room1": {
+                        "product_id": "thermostat",
+                        "interval_s": interval_s,
+                        "points": points,
+                    }
                 },
             }
         },
@@ -93,6 +97,27 @@ async def test_desired_change_is_written_then_reported_after_read_back(tmp_path,
         assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 23.5
 
     await _with_api(_settings(tmp_path, **setpoint), test)
+
+
+async def test_reported_after_a_write_is_what_the_device_holds_not_what_was_asked(tmp_path):
+    # The device keeps a setpoint within [10, 26] in steps of 0.5. It is polled once at start,
+    # so after that only the read-back of each write can change reported.
+    async def test(api, app):
+        await eventually(lambda: api.reported("setpoint"), 20.0)
+        previous = 20.0
+        for asked, held in ((28.0, 26.0), (21.3, 21.5), (7, 10)):
+            status, body = await api.put_desired({"setpoint": asked})
+            assert status == 200, body
+            async with asyncio.timeout(10):
+                while (reported := await api.reported("setpoint")) == previous:
+                    await asyncio.sleep(0.02)
+            assert reported == held, f"asked {asked}, the device holds {held}"
+            shadow = await api.shadow()
+            assert shadow["desired"]["properties"]["setpoint"] == asked  # the delta stays seen
+            previous = held
+        assert (await app.runners["virtual"].read("room1", ["setpoint"]))[0].value == 10
+
+    await _with_api(_settings(tmp_path, 3600, clamp=[10, 26], write_step=0.5), test)
 
 
 async def test_property_without_writable_point_is_not_written(tmp_path):
