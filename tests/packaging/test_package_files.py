@@ -8,6 +8,7 @@ explained in docs/operations.md.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -227,11 +228,35 @@ def test_notify_checker_fails_a_daemon_that_never_gets_ready(tmp_path):
     assert "exited with 1 before READY=1" in result.stderr
 
 
-def _built_deb() -> Path:
-    debs = sorted((PACKAGING / "build").glob("gatewayd_*.deb"))
-    if not debs or shutil.which("dpkg-deb") is None:
-        pytest.skip("no .deb in packaging/build (make deb, or packaging/check.sh in CI)")
-    return debs[-1]
+def _built_deb(build: Path = PACKAGING / "build") -> Path:
+    """The .deb of this checkout's version, as packaging/check.sh leaves it in packaging/build.
+
+    In CI (`CI=true`) the package is always built before the tests (.ci/run), so a missing
+    .deb or dpkg-deb fails the test; elsewhere the package tests are skipped.
+    """
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        version = tomllib.load(file)["project"]["version"]
+    debs = sorted(build.glob(f"gatewayd_{version}_*.deb"))
+    if len(debs) == 1 and shutil.which("dpkg-deb") is not None:
+        return debs[0]
+    if shutil.which("dpkg-deb") is None:
+        why = "dpkg-deb is not installed"
+    elif debs:
+        why = f"{len(debs)} .debs of version {version} in {build}: {[d.name for d in debs]}"
+    else:
+        why = f"no gatewayd_{version}_*.deb in {build} (make deb, or packaging/check.sh)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI builds the package before the tests (.ci/run): {why}")
+    pytest.skip(why)
+
+
+def test_a_missing_deb_fails_in_ci_and_is_skipped_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no gatewayd_"):
+        _built_deb(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no gatewayd_"):
+        _built_deb(tmp_path)
 
 
 ALLOWED = (
