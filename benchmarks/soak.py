@@ -74,7 +74,10 @@ class _Counter:
             return
         if kind != "telemetry":
             return
-        seq = int(json.loads(payload)["telemetries"]["seq"])
+        seq_value = json.loads(payload)["telemetries"].get("seq")
+        if seq_value is None:  # the gateway's own report
+            return
+        seq = int(seq_value)
         bits = self.seen.setdefault(device, bytearray())
         if seq // 8 >= len(bits):
             bits.extend(bytes(seq // 8 + 1 - len(bits) + 4096))

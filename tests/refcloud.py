@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 PREFIX = "v1/device/"
+GATEWAY_PREFIX = "gatewayd_"  # device ids of gateways of the shipped gatewayd product
 
 
 @dataclass
@@ -69,7 +70,8 @@ class RefCloud:
         ]
 
     def telemetry(self) -> list[Uplink]:
-        return self.of("telemetry")
+        """The field devices' telemetry; the gateway's own report is `of("telemetry", gw)`."""
+        return [u for u in self.of("telemetry") if not u.device.startswith(GATEWAY_PREFIX)]
 
     async def wait(self, predicate, timeout_s: float = 10.0, what: str = "") -> None:
         """Check `predicate` 20 times a second (not per message: it may scan every uplink)."""
