@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.drivers.modbus.sim import Requests, pty_pair, rtu_server, split_device, tcp_server
+from tests.drivers.modbus.sim import (
+    WRITE_REGISTERS,
+    Requests,
+    pty_pair,
+    rtu_server,
+    split_device,
+    tcp_server,
+)
 from tests.helpers import eventually, free_port
 from tests.system.harness import cloud_and_gateway, config_updates, telemetry_values
 
 FC_READ_HOLDING = 3
-WRITES = {6, 16}
 
 
 def meter_points() -> dict[str, Any]:
@@ -57,7 +63,23 @@ async def test_tcp_values_arrive_typed_scaled_and_timestamped(tmp_path):
             await cloud.push("meter_m1", "config", {"version": 2, "limit": 5000})
             await cloud.wait(lambda: limit_reported(cloud, "meter_m1", 5000))
             assert await server.context.async_getValues(1, 3, 5, 1) == [5000]
-            write_at = max(i for i, r in enumerate(requests.seen) if r[1] in WRITES)
+
+            # the unit keeps its limit at 6000 W at most: 9000 is asked, 6000 is what it
+            # holds, and the cloud and the shadow hear 6000, never 9000
+            requests.clamp[1, 5] = (0, 6000)
+            await cloud.push("meter_m1", "config", {"version": 3, "limit": 9000})
+
+            def answers() -> list[dict[str, Any]]:
+                return [u for u in config_updates(cloud, "meter_m1") if u.get("version") == 3]
+
+            await cloud.wait(answers)
+            assert [u.get("limit") for u in answers()] == [6000], answers()
+            assert await server.context.async_getValues(1, 3, 5, 1) == [6000]
+            assert app.store is not None
+            (shadow,) = await app.store.shadows.get("meter_m1")
+            assert shadow.reported["limit"].value == 6000
+            assert shadow.desired["limit"].value == 9000  # the delta stays visible
+            write_at = max(i for i, r in enumerate(requests.seen) if r[1] in WRITE_REGISTERS)
             assert any(
                 fc == FC_READ_HOLDING and address <= 5 < address + count
                 for _, fc, address, count in requests.seen[write_at + 1 :]

@@ -18,6 +18,8 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+WRITE_REGISTERS = {6, 16}  # write single register, write multiple registers
+
 
 @dataclass
 class Requests:
@@ -26,6 +28,9 @@ class Requests:
     seen: list[tuple[int, int, int, int]] = field(default_factory=list)  # unit, fc, addr, count
     refuse: dict[tuple[int, int], ExcCodes] = field(default_factory=dict)  # (unit, fc) -> code
     silent: set[int] = field(default_factory=set)  # units whose replies are never sent
+    # (unit, holding register) -> (min, max): a written value is stored within these limits,
+    # as a device with a range clamps a setting; the request is still answered as accepted
+    clamp: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
     def drop_silent(self, unit_at: int) -> Any:
         """A server trace_packet that swallows replies of silent units (a dead slave)."""
@@ -50,8 +55,12 @@ class Requests:
         registers: list[int],
         values: Any,
     ) -> ExcCodes | None:
-        del start_address, registers, values
+        del start_address, registers
         self.seen.append((unit, function_code, address, count))
+        if values is not None and function_code in WRITE_REGISTERS:
+            for i in range(count):  # pymodbus stores `values` after this returns
+                if (limits := self.clamp.get((unit, address + i))) is not None:
+                    values[i] = min(max(values[i], limits[0]), limits[1])
         return self.refuse.get((unit, function_code))
 
 
