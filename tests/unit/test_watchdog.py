@@ -1,4 +1,8 @@
-"""One timer bounding a task's awaits in turn."""
+"""One timer bounding a task's awaits in turn.
+
+The timing tests run on virtual time (tests/virtual_clock.py): every timer fires exactly when
+due, so a bound is checked to the tick, not with margins on a real clock.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import pytest
 
 from gatewayd.watchdog import Watchdog
+from tests.virtual_clock import run_virtual
 
 
 def mine(bound_s: float) -> Watchdog:
@@ -16,28 +21,52 @@ def mine(bound_s: float) -> Watchdog:
     return Watchdog(bound_s, task)
 
 
-async def test_an_await_that_outlives_the_bound_times_out_and_the_task_goes_on():
-    dog = mine(0.05)
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    with pytest.raises(TimeoutError), dog:
-        await never
-    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
-    with dog:
-        await asyncio.sleep(0)  # the task and the watchdog are usable again
-    dog.close()
-
-
-async def test_short_awaits_in_a_row_never_fire_though_together_they_outlast_the_bound():
-    dog = mine(0.3)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    rounds = 0
-    while loop.time() - start < 1.0:  # over three bounds in all
+def test_an_await_that_outlives_the_bound_times_out_at_the_bound_and_the_task_goes_on():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dog = mine(0.05)
+        never: asyncio.Future[None] = loop.create_future()
+        start = loop.time()
+        with pytest.raises(TimeoutError), dog:
+            await never
+        assert loop.time() - start == pytest.approx(0.05)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
         with dog:
-            await asyncio.sleep(0.005)
-        rounds += 1
-    assert rounds > 10
-    dog.close()
+            await asyncio.sleep(0)  # the task and the watchdog are usable again
+        dog.close()
+
+    run_virtual(main())
+
+
+def test_short_awaits_in_a_row_never_fire_though_together_they_outlast_the_bound():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dog = mine(0.3)
+        start = loop.time()
+        rounds = 0
+        while loop.time() - start < 1.0:  # over three bounds in all
+            with dog:
+                await asyncio.sleep(0.005)
+            rounds += 1
+        assert rounds == pytest.approx(200, abs=1)
+        dog.close()
+
+    run_virtual(main())
+
+
+def test_an_await_just_inside_the_bound_is_not_cut_short_and_one_just_past_it_is():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dog = mine(0.3)
+        with dog:
+            await asyncio.sleep(0.25)
+        start = loop.time()
+        with pytest.raises(TimeoutError), dog:
+            await asyncio.sleep(0.35)
+        assert loop.time() - start == pytest.approx(0.3)
+        dog.close()
+
+    run_virtual(main())
 
 
 async def test_a_cancellation_from_outside_stays_a_cancellation():
@@ -56,17 +85,22 @@ async def test_a_cancellation_from_outside_stays_a_cancellation():
         await task
 
 
-async def test_after_idling_past_the_bound_a_new_guard_gets_the_whole_bound():
-    loop = asyncio.get_running_loop()
-    dog = mine(0.2)
-    with dog:
-        await asyncio.sleep(0)
-    idle = loop.create_future()
-    loop.call_later(0.3, idle.set_result, None)  # longer than the bound, nothing guarded
-    await idle
-    with dog:
-        await asyncio.sleep(0.1)  # half the bound: must not be cut short
-    dog.close()
+def test_after_idling_past_the_bound_a_new_guard_gets_the_whole_bound():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dog = mine(0.2)
+        with dog:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)  # longer than the bound, nothing guarded: the timer fires idle
+        start = loop.time()
+        with dog:
+            await asyncio.sleep(0.19)  # just inside a whole bound: must not be cut short
+        with pytest.raises(TimeoutError), dog:
+            await asyncio.sleep(1)
+        assert loop.time() - start == pytest.approx(0.39)
+        dog.close()
+
+    run_virtual(main())
 
 
 async def test_one_await_at_a_time():
