@@ -284,8 +284,13 @@ async def test_write_sends_the_command_and_completes_after_the_reply(pty_pair):
         await async_wait_for(lambda: 20.0 in run.sink.values("setpoint"), 5, "initial poll")
         write = asyncio.create_task(run.runner.write("th1", "setpoint", 22.5))
         await async_wait_for(lambda: b"SET 22.5\r\n" in device.log, 5, "command on the wire")
-        await asyncio.sleep(0.05)
+        # a line that is no reply reaches the session after the command: the write waits on
+        counters = run.driver.counters
+        frames, undecodable = counters.frames, counters.undecodable
+        await end.write(b"BOOT v1.2\n")
+        await async_wait_for(lambda: counters.frames > frames, 5, "the stray line read")
         assert not write.done()  # waits for the device's reply
+        assert counters.undecodable == undecodable + 1  # offered to the write, not its reply
         await end.write(b"OK\n")
         await asyncio.wait_for(write, 5)
         readings = await run.runner.read("th1", ["setpoint"])
