@@ -24,7 +24,7 @@ from gatewayd.bridge.reconcile import Reconciler
 from gatewayd.bridge.runner import ConnectionRunner
 from gatewayd.bridge.sink import BridgeSink
 from gatewayd.bridge.telemetry import TelemetrySink
-from gatewayd.cloud.children import ConfiguredChildren, StatusBoard
+from gatewayd.cloud.children import ConfiguredChildren, RegistryChildren, StatusBoard
 from gatewayd.cloud.firmware import known_firmware
 from gatewayd.cloud.link import Uplink
 from gatewayd.cloud.routes import mount_cloud
@@ -141,11 +141,14 @@ class App:
             ) as outbox,
         ):
             self.store = store
+            cloud_children = RegistryChildren(store.registry, self.children)
+            await cloud_children.load()  # before the link: it must see every child at once
             self.outbox = outbox
             component.up(_store_detail(store, outbox))
             try:
                 async with asyncio.TaskGroup() as tg:
-                    self._start(tg, store, outbox, CloudState(outbox.worker))
+                    self._spawn(tg, cloud_children.run(), "children")
+                    self._start(tg, store, outbox, CloudState(outbox.worker), cloud_children)
             except* _Shutdown:
                 pass
             finally:
@@ -154,7 +157,12 @@ class App:
         log.info("stopped")
 
     def _start(
-        self, tg: asyncio.TaskGroup, store: Store, outbox: Outbox, state: CloudState
+        self,
+        tg: asyncio.TaskGroup,
+        store: Store,
+        outbox: Outbox,
+        state: CloudState,
+        cloud_children: RegistryChildren,
     ) -> None:
         telemetry = self._sink or TelemetrySink(outbox, self.children, self.board)
         index = PointIndex(self.settings.connections, store.products)
@@ -187,7 +195,7 @@ class App:
                 self.settings.gateway.effective_device_id,
                 outbox,
                 state,
-                self.children,
+                cloud_children,
                 self.board,
                 self.health.component("uplink"),
                 desired=CloudDesired(store.registry, store.products, store.shadows, reports),

@@ -270,7 +270,9 @@ _UPDATE = Operation(
     reply=DEVICE_SCHEMA,
 )
 _DELETE = Operation(
-    summary="Delete a device; with children only when cascade=true",
+    summary=(
+        "Delete a device; with children only when cascade=true; never one declared in the YAML"
+    ),
     scope="admin",
     tag=_TAG,
     params=(
@@ -282,7 +284,10 @@ _DELETE = Operation(
         204: "deleted",
         400: "cascade is not true or false; " + _BAD_ID,
         404: _NO_DEVICE,
-        409: "it has children, or is the gateway",
+        409: (
+            "it has children (HAS_CHILDREN); it is the gateway, or it (or a device below it) "
+            "is declared in the YAML, named by its key (PROTECTED_DEVICE)"
+        ),
     },
 )
 _SHOW_SHADOW = Operation(

@@ -4,7 +4,8 @@ Config fields map to the desired state of the device's product services (docs/pr
 product with one service takes flat fields; with several, each field is an object keyed by
 `service_id`. The answer on `config/update` carries the version of the config it answers, as
 the cloud sent it (the integer 1 is echoed as 1, the text "1" as "1"), and only values read
-back from the device; a refusal is answered with `refused: {property: reason}`.
+back from the device; a refusal is answered with `refused: {property: reason}` (per service
+object for products with several services).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gatewayd.cloud.dialects import native
-from gatewayd.products import ProductCatalog
+from gatewayd.cloud.downlinks import CheckedConfig
+from gatewayd.devices import NodeType
+from gatewayd.products import Product, ProductCatalog, ServiceDef
 from gatewayd.store.cloud_state import CloudState
 from gatewayd.store.errors import RegistryError
 from gatewayd.store.outbox import Outbox, OutboxFull
@@ -28,44 +31,122 @@ log = logging.getLogger(__name__)
 
 
 class CloudDesired:
-    """Applies an accepted `config` downlink to the device's desired shadow.
+    """Takes the valid fields of a `config` downlink into the device's desired shadow.
+
+    Each field is checked against the device's product like a desired change of the local API
+    (known, writable property; a value of its type within its bounds), one field at a time, so
+    one bad field refuses that field alone. The gateway applies its own settings
+    (`heartbeat_s`) at once: the value taken is its reported value too, confirmed on
+    `config/update` through `reports`.
 
     Args:
         registry: to find the device's product.
         products: the product catalogue.
         shadows: where desired state goes (the reconciler follows its change feed).
+        reports: answers on `config/update` for the gateway's own settings.
     """
 
-    def __init__(self, registry: Registry, products: ProductCatalog, shadows: ShadowStore) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        products: ProductCatalog,
+        shadows: ShadowStore,
+        reports: CloudReports | None = None,
+    ) -> None:
         self._registry = registry
         self._products = products
         self._shadows = shadows
+        self._reports = reports
 
-    async def apply_config(self, device_id: str, fields: Mapping[str, Any]) -> None:
-        """Turn config fields into desired updates; a bad field is logged and nothing applied."""
-        device = await self._registry.find(device_id)
-        if device is None:
-            log.warning("config for unknown device %s ignored", device_id)
-            return
-        product = self._products.get(device.product_id)
-        if product is None or not product.services:
-            log.warning("%s: config ignored: product %s has no services", device_id,
-                        device.product_id)  # fmt: skip
-            return
+    async def check_config(self, device_id: str, fields: Mapping[str, Any]) -> CheckedConfig:
+        """Sort the fields into those the device's product takes and those it refuses."""
+        product = await self._product(device_id)
+        if isinstance(product, str):
+            return CheckedConfig(refused=dict.fromkeys(fields, product))
+        taken: dict[str, Any] = {}
+        refused: dict[str, Any] = {}
+        if len(product.services) == 1:
+            taken, refused = _sort(product.services[0], fields)
+            return CheckedConfig(taken, refused)
+        for key, value in fields.items():
+            service = product.service(key)
+            if service is None:
+                refused[key] = f"product {product.product_id} has no service {key!r}"
+            elif not isinstance(value, dict):
+                refused[key] = f"must be an object of service {key}'s properties"
+            else:
+                ok, bad = _sort(service, value)
+                if ok or not bad:
+                    taken[key] = ok
+                if bad:
+                    refused[key] = bad
+        return CheckedConfig(taken, refused)
+
+    async def apply_config(self, device_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply checked fields (all or none); returns them refused if that failed."""
+        product = await self._product(device_id)
+        if isinstance(product, str):
+            return dict.fromkeys(fields, product)
         if len(product.services) == 1:
             updates = [DesiredUpdate(product.services[0].service_id, dict(fields))]
         else:
-            updates = []
-            for key, value in fields.items():
-                if product.service(key) is None or not isinstance(value, dict):
-                    log.warning("%s: config field %r is not a service object of product %s",
-                                device_id, key, product.product_id)  # fmt: skip
-                    return
-                updates.append(DesiredUpdate(key, value))
+            updates = [DesiredUpdate(key, value) for key, value in fields.items()]
         try:
             await self._shadows.update_desired(device_id, updates, field_prefix="config")
         except RegistryError as exc:
-            log.warning("%s: config refused: %s", device_id, exc)
+            log.warning("%s: config not applied: %s", device_id, exc)
+            return dict.fromkeys(fields, str(exc))
+        device = await self._registry.find(device_id)
+        if device is not None and device.node_type is NodeType.GATEWAY:
+            await self._confirm_own(device_id, updates)
+        return {}
+
+    async def _confirm_own(self, device_id: str, updates: list[DesiredUpdate]) -> None:
+        """The gateway's own settings take effect as stored: reported, and confirmed."""
+        for update in updates:
+            props = {k: v for k, v in update.desired.items() if v is not None}
+            if not props:
+                continue
+            try:
+                shadow = await self._shadows.report(device_id, update.service_id, props)
+            except RegistryError as exc:
+                log.warning("%s: own setting not reported: %s", device_id, exc)
+                continue
+            confirmed = {k: shadow.reported[k].value for k in props if k in shadow.reported}
+            if self._reports is not None and confirmed:
+                await self._reports.reported(device_id, update.service_id, confirmed)
+
+    async def _product(self, device_id: str) -> Product | str:
+        """The device's product, or why no field of a config for it can be taken."""
+        device = await self._registry.find(device_id)
+        if device is None:
+            return f"no device {device_id!r} on this gateway"
+        product = self._products.get(device.product_id)
+        if product is None or not product.services:
+            return f"product {device.product_id!r} has no services on this gateway"
+        return product
+
+
+def _sort(service: ServiceDef, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(taken, refused) properties of one service: refused ones with the reason."""
+    taken: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    for name, value in values.items():
+        prop = service.property(name)
+        if prop is None:
+            refused[name] = f"service {service.service_id} has no property {name!r}"
+        elif value is None:
+            taken[name] = None  # deletes the desired value, as on the local API
+        elif not prop.writable:
+            refused[name] = "the property is read-only"
+        else:
+            try:
+                prop.check(value)
+            except ValueError as exc:
+                refused[name] = str(exc)
+            else:
+                taken[name] = value
+    return taken, refused
 
 
 class CloudReports:
@@ -92,8 +173,8 @@ class CloudReports:
 
     async def refused(self, device_id: str, service_id: str, prop: str, reason: str) -> None:
         """The device refused a value."""
-        del service_id
-        await self._answer(device_id, {"refused": {prop: reason}})
+        shaped = await self._shape(device_id, service_id, {prop: reason})
+        await self._answer(device_id, {"refused": shaped})
 
     async def _shape(
         self, device_id: str, service_id: str, props: dict[str, Any]

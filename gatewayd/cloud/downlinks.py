@@ -1,6 +1,9 @@
 """What the gateway does with each validated downlink of the native dialect.
 
-Desired config, licenses, space info and firmware info are stored per device; commands are
+Desired config is checked field by field: the fields the device's product takes become its
+desired state, the others are refused by name on `config/update`, and the config's version is
+stored as applied only when something of it was (docs/protocol.md). Licenses, space info and
+firmware info are stored per device; commands are
 claimed by id (a redelivered id is never executed again) and answered on `commands/update`
 through the outbox; children responses update the children's registration state.
 
@@ -17,6 +20,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gatewayd.cloud.children import Child, ChildrenSource
@@ -28,6 +33,7 @@ __all__ = [
     "ADDED_BY_CLOUD",
     "RESULTS",
     "BuiltinCommands",
+    "CheckedConfig",
     "CommandExecutor",
     "DesiredConfig",
     "Downlinks",
@@ -50,11 +56,33 @@ class CommandExecutor(Protocol):
         ...
 
 
-class DesiredConfig(Protocol):
-    """Applies an accepted desired config to the device's desired state."""
+@dataclass(frozen=True, slots=True)
+class CheckedConfig:
+    """A config's fields sorted: those the device takes, and those refused with the reason.
 
-    async def apply_config(self, device_id: str, fields: dict[str, Any]) -> None:
-        """Apply it; never raise for a bad field, log it."""
+    `refused` is shaped like the config: `{property: reason}` for a product with one service,
+    `{service_id: {property: reason}}` (or `{service_id: reason}` for the whole object) for a
+    product with several.
+    """
+
+    taken: dict[str, Any] = field(default_factory=dict)
+    refused: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def applies(self) -> bool:
+        """Whether the config is applied: a field was taken, or none was refused (empty)."""
+        return bool(self.taken) or not self.refused
+
+
+class DesiredConfig(Protocol):
+    """Takes a config's valid fields into the device's desired state."""
+
+    async def check_config(self, device_id: str, fields: dict[str, Any]) -> CheckedConfig:
+        """Sort the fields against the device's product; nothing is applied yet."""
+        ...
+
+    async def apply_config(self, device_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Apply checked fields; what could not be applied after all, shaped like `refused`."""
         ...
 
 
@@ -194,16 +222,43 @@ class Downlinks:
             await self._notify(body)
 
     async def _config(self, device: str, body: native.ConfigDown) -> None:
-        accepted = await self._state.accept_config(
-            device, body.version, body.last_updated, body.fields(), sent_version=body.sent_version
-        )
         version = native.shown(body.version)
-        if accepted:
-            self._note(logging.INFO, "%s: desired config version %s stored", device, version)
-            if self._desired is not None:
-                await self._desired.apply_config(device, body.fields())
-        else:
+        if not await self._state.see_config(device, body.version):
             self._note(logging.INFO, "%s: config version %s ignored (not newer)", device, version)
+            return
+        fields = body.fields()
+        checked = (
+            CheckedConfig(fields)
+            if self._desired is None
+            else await self._desired.check_config(device, fields)
+        )
+        refused = dict(checked.refused)
+        if checked.applies:
+            previous = await self._state.desired_config(device)
+            await self._state.accept_config(
+                device, body.version, body.last_updated, checked.taken,
+                sent_version=body.sent_version,
+            )  # fmt: skip
+            failed = (
+                await self._desired.apply_config(device, checked.taken)
+                if self._desired is not None and checked.taken
+                else {}
+            )
+            if failed:  # nothing of it was applied after all: the applied version stays
+                await self._state.restore_config(device, previous)
+                refused.update(failed)
+            else:
+                self._note(logging.INFO, "%s: desired config version %s applied (%d field(s))",
+                           device, version, len(checked.taken))  # fmt: skip
+        if refused:
+            self._note(logging.WARNING, "%s: config version %s: refused %s", device, version,
+                       native.shown(str(refused)))  # fmt: skip
+            answer = {
+                "version": body.sent_version,
+                "last_updated": native.iso_timestamp(datetime.now(UTC)),
+                "refused": refused,
+            }
+            await self._answer(device, "config/update", native.encode_json(answer))
 
     async def _command(self, device: str, body: native.CommandDown) -> None:
         if body.status != "pending":

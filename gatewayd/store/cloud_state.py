@@ -3,8 +3,11 @@
 Desired config, commands, licenses, space info, firmware info, and the registration state of
 children.
 
-Desired config is versioned (an older version is ignored); command ids are idempotency keys
-(a command id seen once is never executed again, across restarts).
+Desired config is versioned twice over: the newest version received (`config_seen`) orders
+what comes in (a version not newer than it is ignored), and the latest version applied
+(`desired_config`, with the fields taken) is what `config/update` echoes. A config whose every
+field was refused is received but never applied. Command ids are idempotency keys (a command
+id seen once is never executed again, across restarts).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ CREATE TABLE IF NOT EXISTS children (
     access_key TEXT, updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cloud_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS config_seen (
+    device TEXT PRIMARY KEY, version TEXT NOT NULL, received REAL NOT NULL
+);
 """
 
 
@@ -103,6 +109,51 @@ class CloudState:
     def __init__(self, worker: SqliteWorker) -> None:
         self._worker = worker
 
+    async def see_config(self, device: str, version: str) -> bool:
+        """Note a config version as received; False when it is not newer than one received.
+
+        A file from an older gatewayd has no received versions: its applied one stands in.
+        """
+
+        def write(conn: sqlite3.Connection) -> bool:
+            seen = conn.execute(
+                "SELECT version FROM config_seen WHERE device = ? UNION ALL "
+                "SELECT version FROM desired_config WHERE device = ?",
+                (device, device),
+            ).fetchall()
+            if any(not newer_version(version, row[0]) for row in seen):
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO config_seen VALUES (?, ?, ?)",
+                (device, version, time.time()),
+            )
+            return True
+
+        return await self._worker.call(write)
+
+    async def restore_config(self, device: str, previous: dict[str, Any] | None) -> None:
+        """Put back the applied config `desired_config()` gave before a failed apply."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            if previous is None:
+                conn.execute("DELETE FROM desired_config WHERE device = ?", (device,))
+                return
+            conn.execute(
+                "INSERT OR REPLACE INTO desired_config "
+                "(device, version, last_updated, body, received, sent_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    previous["version"],
+                    previous["last_updated"],
+                    json.dumps(previous["fields"], separators=(",", ":")),
+                    previous["received"],
+                    json.dumps(previous["sent_version"]),
+                ),
+            )
+
+        await self._worker.call(write)
+
     async def accept_config(
         self,
         device: str,
@@ -112,13 +163,13 @@ class CloudState:
         *,
         sent_version: int | str | None = None,
     ) -> bool:
-        """Store desired config unless the stored version is the same or newer.
+        """Store a config as the device's applied one, unless the applied version is as new.
 
         Args:
             device: the device it is for.
             version: its version as text (what orders versions).
             last_updated: the cloud's time of the change, if given.
-            body: the config fields.
+            body: the config fields taken (refused ones are left out).
             sent_version: the version as the cloud sent it (an integer or text), echoed on
                 `config/update` as it came; `version` when not given.
         """
@@ -142,7 +193,7 @@ class CloudState:
         return await self._worker.call(write)
 
     async def desired_config(self, device: str) -> dict[str, Any] | None:
-        """The latest accepted desired config of a device.
+        """The latest applied desired config of a device.
 
         `version` is its text; `sent_version` the version as the cloud sent it (1 or "1").
         """

@@ -2,13 +2,18 @@
 
 Rules (IoTDA's): device_id defaults to `{product_id}_{node_id}`; a device without gateway_id
 sits directly under this gateway; at most two levels of devices below the gateway; status is
-INACTIVE until the first data; a device with children is deleted only with cascade.
+INACTIVE until the first data; a device with children is deleted only with cascade; a device
+declared in the YAML is deleted only by the YAML (the configuration sync), never through the
+API, since the file is the site's truth and its device goes on being polled.
+
+Every change of a device (created, changed, deleted) is announced on `changes()`, so the cloud
+link adds or removes it like a configured one, whatever surface made the change.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +23,7 @@ from gatewayd.devices import Device, DeviceCreate, DeviceStatus, DeviceUpdate, N
 from gatewayd.products import ProductCatalog
 from gatewayd.store import device_rows as rows
 from gatewayd.store.access import Trouble, classify
+from gatewayd.store.changes import ChangeFeed
 from gatewayd.store.db import Database
 from gatewayd.store.device_rows import DevicePage, DeviceQuery, Origin
 from gatewayd.store.errors import (
@@ -61,6 +67,19 @@ class Registry:
         self.gateway_id: str | None = None
         # Field statuses the disk did not take (full): written with the next status change.
         self._unwritten: dict[str, tuple[DeviceStatus, str]] = {}
+        self._feed: ChangeFeed[str] = ChangeFeed()
+        self._yaml_keys: dict[str, str] = {}  # device id -> its key in the YAML
+
+    def changes(self) -> AsyncIterator[str]:
+        """Ids of devices created, changed or deleted, coalesced, for the one consumer.
+
+        The consumer reads each device again (`find`): None means it is gone.
+        """
+        return self._feed.changes()
+
+    def declared(self, keys: Mapping[str, str]) -> None:
+        """Note where the YAML declares devices (device id -> key path), to name in refusals."""
+        self._yaml_keys.update(keys)
 
     async def register_gateway(
         self, device_id: str, node_id: str, product_id: str, name: str | None
@@ -126,6 +145,7 @@ class Registry:
 
         device = await self._db.transact(work)
         self._shadows_changed(device.device_id, desired)
+        self._feed.notify([device.device_id])
         return device
 
     async def get(self, device_id: str) -> Device:
@@ -174,7 +194,9 @@ class Registry:
                 )
             return rows.get(conn, device_id)
 
-        return await self._db.transact(work)
+        device = await self._db.transact(work)
+        self._feed.notify([device_id])
+        return device
 
     async def update_configured(
         self, device_id: str, node_id: str, product_id: str, name: str | None
@@ -192,14 +214,25 @@ class Registry:
             insert_shadows(conn, device_id, desired, now)
             return rows.get(conn, device_id)
 
-        return await self._db.transact(work)
+        device = await self._db.transact(work)
+        self._feed.notify([device_id])
+        return device
 
-    async def delete(self, device_id: str, *, cascade: bool = False) -> list[str]:
+    async def delete(
+        self, device_id: str, *, cascade: bool = False, origin: Origin = "api"
+    ) -> list[str]:
         """Delete a device (and with cascade, everything below it); returns the deleted ids.
+
+        Args:
+            device_id: the device.
+            cascade: also delete every device below it.
+            origin: who asks: `config` (the YAML's sync) may delete a configured device,
+                nobody else may.
 
         Raises:
             DeviceNotFound: no such device.
-            ProtectedDevice: it is the gateway itself.
+            ProtectedDevice: it is the gateway itself, or (unless `origin` is `config`) it or
+                a device below it is declared in the YAML.
             HasChildren: it has children and cascade is false.
         """
 
@@ -207,6 +240,8 @@ class Registry:
             device = rows.get(conn, device_id)
             if device.node_type is NodeType.GATEWAY:
                 raise ProtectedDevice("device_id", "the gateway itself cannot be deleted")
+            if origin != "config" and device.origin == "config":
+                raise ProtectedDevice("device_id", self._declared_msg(device_id))
             below = rows.descendants(conn, device_id)
             if below and not cascade:
                 raise HasChildren(
@@ -215,10 +250,23 @@ class Registry:
                     "delete them first or ask for cascade=true",
                 )
             doomed = [*below, device_id]
+            if origin != "config":
+                for below_id in below:
+                    if rows.get(conn, below_id).origin == "config":
+                        raise ProtectedDevice("device_id", self._declared_msg(below_id))
             conn.executemany("DELETE FROM devices WHERE device_id = ?", [(d,) for d in doomed])
             return doomed
 
-        return await self._db.transact(work)
+        doomed = await self._db.transact(work)
+        self._feed.notify(doomed)
+        return doomed
+
+    def _declared_msg(self, device_id: str) -> str:
+        key = self._yaml_keys.get(device_id, "connections.<connection>.devices.<key>")
+        return (
+            f"device {device_id!r} is declared in the configuration ({key}): remove it "
+            "there and restart gatewayd; it cannot be deleted through the API"
+        )
 
     async def set_status(self, device_id: str, status: DeviceStatus) -> Device:
         """Record a connection status reported by the field (ONLINE, OFFLINE, ABNORMAL).

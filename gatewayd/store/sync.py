@@ -59,6 +59,7 @@ async def sync_configured(
             path = f"connections.{conn_id}.devices.{key}"
             ident = child_identity(conn, dev)
             declared.add(ident.device_id)
+            registry.declared({ident.device_id: path})
             parent = ids[dev.parent] if dev.parent else registry.gateway_id
             try:
                 request = DeviceCreate(
@@ -97,7 +98,7 @@ async def _apply(registry: Registry, request: DeviceCreate, report: SyncReport) 
         return
     if existing.gateway_id != request.gateway_id:
         # Moving a device in the tree changes its identity towards the cloud: re-register it.
-        await registry.delete(device_id)
+        await registry.delete(device_id, origin="config")
         await registry.create(request, origin="config")
         report.updated.append(device_id)
         return
@@ -153,7 +154,7 @@ async def _remove_undeclared(registry: Registry, declared: set[str], report: Syn
             )
             report.kept.append(device.device_id)
             continue
-        await registry.delete(device.device_id)
+        await registry.delete(device.device_id, origin="config")
         report.removed.append(device.device_id)
         log.warning("device %s is no longer configured: removed with its shadow", device.device_id)
 
