@@ -362,10 +362,15 @@ async def test_records_that_arrive_close_together_leave_in_one_round(tmp_path, b
         await gw.sink.readings("sim", "a", [reading("a", -1)])
         await cloud.wait(lambda: len(cloud.telemetry()) == 1, timeout_s=10)
         sent = gw.uplink.pump.sent
-        for i in range(5):  # spread over 50 ms: one gathering window of the idle pump
+        seen: list[int] = []
+        for i in range(5):  # spread over 50 ms, the pump free to run between them
             await gw.sink.readings("sim", "a", [reading("a", i)])
             await asyncio.sleep(0.01)
-        assert gw.uplink.pump.sent == sent  # still gathering
+            seen.append(gw.uplink.pump.sent)
+        # The first append woke the idle pump; it sends nothing until its gathering window
+        # (2 s here, 40 times the spread) ends. A round's sends happen in one step of the
+        # loop, so `sent` is never seen part-way through a round.
+        assert seen == [sent] * 5, seen
         await until(lambda: gw.uplink.pump.sent > sent, timeout_s=10)
         assert gw.uplink.pump.sent == sent + 5  # all five in the same round, not one by one
         await cloud.wait(lambda: len(cloud.telemetry()) == 6, timeout_s=10)
