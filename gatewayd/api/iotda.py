@@ -285,8 +285,8 @@ _DELETE = Operation(
         400: "cascade is not true or false; " + _BAD_ID,
         404: _NO_DEVICE,
         409: (
-            "it has children (HAS_CHILDREN); it is the gateway, or it (or a device below it) "
-            "is declared in the YAML, named by its key (PROTECTED_DEVICE)"
+            "it has children (HAS_CHILDREN); it is the gateway, or it is declared in the "
+            "YAML, named by its key (PROTECTED_DEVICE)"
         ),
     },
 )

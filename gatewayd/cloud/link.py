@@ -5,7 +5,9 @@ it is weather (`UplinkUnavailable`, retried with capped jittered backoff); the o
 everything meanwhile, so the daemon boots and runs offline. On every connect, in order:
 subscribe to every downlink topic, report every child's status, ask the cloud to register
 children it does not know yet (retried until it answers), ask for each device's snapshot
-(`get`), and only then start draining the outbox.
+(`get`), and only then start draining the outbox. The children are the registry's devices
+(`RegistryChildren`): one registered or deleted through the local API while connected is
+subscribed and added, or unsubscribed and deleted, at once beside the drain.
 """
 
 from __future__ import annotations
