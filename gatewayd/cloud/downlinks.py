@@ -16,6 +16,7 @@ size (a bounded number of lines per minute, so a flood cannot fill the journal),
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -239,11 +240,16 @@ class Downlinks:
                 device, body.version, body.last_updated, checked.taken,
                 sent_version=body.sent_version,
             )  # fmt: skip
-            failed = (
-                await self._desired.apply_config(device, checked.taken)
-                if self._desired is not None and checked.taken
-                else {}
-            )
+            try:
+                failed = (
+                    await self._desired.apply_config(device, checked.taken)
+                    if self._desired is not None and checked.taken
+                    else {}
+                )
+            except Exception:  # the disk, a bug: as if it never came, so a redelivery applies
+                with contextlib.suppress(*_STORAGE_ERRORS):
+                    await self._state.restore_config(device, previous, unsee=body.version)
+                raise
             if failed:  # nothing of it was applied after all: the applied version stays
                 await self._state.restore_config(device, previous)
                 refused.update(failed)

@@ -131,10 +131,19 @@ class CloudState:
 
         return await self._worker.call(write)
 
-    async def restore_config(self, device: str, previous: dict[str, Any] | None) -> None:
-        """Put back the applied config `desired_config()` gave before a failed apply."""
+    async def restore_config(
+        self, device: str, previous: dict[str, Any] | None, *, unsee: str | None = None
+    ) -> None:
+        """Put back the applied config `desired_config()` gave before a failed apply.
+
+        With `unsee`, that received version is forgotten too, so its redelivery is applied.
+        """
 
         def write(conn: sqlite3.Connection) -> None:
+            if unsee is not None:
+                conn.execute(
+                    "DELETE FROM config_seen WHERE device = ? AND version = ?", (device, unsee)
+                )
             if previous is None:
                 conn.execute("DELETE FROM desired_config WHERE device = ?", (device,))
                 return
