@@ -137,7 +137,11 @@ def test_every_exit_status_is_documented_and_only_78_keeps_the_service_down():
 def test_maintainer_scripts_and_build_scripts_parse():
     for script in POSTINST, PACKAGING / "debian" / "gatewayd.postrm":
         subprocess.run(["sh", "-n", str(script)], check=True)
-    for script in PACKAGING / "check.sh", PACKAGING / "build-deb.sh":
+    for script in (
+        PACKAGING / "check.sh",
+        PACKAGING / "build-deb.sh",
+        PACKAGING / "systemd-check.sh",
+    ):
         subprocess.run(["bash", "-n", str(script)], check=True)
 
 
