@@ -299,7 +299,9 @@ async def test_api_devices_changed_while_offline_reach_the_cloud_at_the_next_con
             async with RefCloud(broker.port, client_id="refcloud-2").running() as cloud:
                 await cloud.wait(lambda: cloud.of("children/delete"))
                 assert cloud.of("children/delete")[0].body["devices"] == [SPARE]
-                await cloud.wait(lambda: cloud.of("get", DEV))
+                # The drain starts once the resync is done: every get was sent by then.
+                await cloud.wait(lambda: cloud.of("telemetry", DEV))
+                assert cloud.of("get", DEV)
                 assert not cloud.of("get", SPARE)
     finally:
         await asyncio.to_thread(daemon.stop)
