@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gatewayd.cloud.children import Child, StatusBoard
@@ -35,12 +35,21 @@ PAYLOAD = (
 
 
 class NoChildren:
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+
     def children(self) -> Sequence[Child]:
         return ()
 
     def device_id(self, connection: str, device: str) -> str | None:
         del connection, device
         return None
+
+    def take_changes(self) -> Mapping[str, Child | None]:
+        return {}
+
+    def restore(self, changes: Mapping[str, Child | None]) -> None:
+        del changes
 
 
 async def fill(path: Path, records: int, devices: int) -> None:
