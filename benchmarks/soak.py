@@ -12,7 +12,10 @@ broker acknowledged has reached the counter. Zero loss: every device's sequence 
 from 0 to its highest value. RSS flat: the daemon's RSS in the same state each time, with the
 link up and the outbox drained (just before each outage, and at the end), grows by at most
 10 % (or 8 MB) from the second such sample to the last; the first outage is what sizes the
-in-memory tail of the outbox and SQLite's page cache, once.
+in-memory tail of the outbox and SQLite's page cache, once. Through each outage: records
+appended per second while the broker is away (target: at least 80 % of the production rate),
+and the time from the broker's return to the first telemetry the counter gets (target: under
+2 s, the counter's own reconnect included).
 
     python -m benchmarks soak                           # one hour
     python -m benchmarks soak --duration-s 300 --outage-every-s 60 --outage-s 15 --record
@@ -66,6 +69,8 @@ class _Counter:
         self.duplicates = 0
         self.markers: set[str] = set()
         self.connects = 0
+        self.back: float | None = None  # when the broker came back
+        self.first_after: float | None = None  # the first telemetry after that
 
     def message(self, topic: str, payload: bytes) -> None:
         device, _, kind = topic[len(PREFIX) :].partition("/")
@@ -78,6 +83,8 @@ class _Counter:
         if seq_value is None:  # the gateway's own report
             return
         seq = int(seq_value)
+        if self.back is not None and self.first_after is None:
+            self.first_after = time.monotonic()
         bits = self.seen.setdefault(device, bytearray())
         if seq // 8 >= len(bits):
             bits.extend(bytes(seq // 8 + 1 - len(bits) + 4096))
@@ -124,6 +131,36 @@ async def _subscribe(port: int, counter: _Counter) -> None:
             await asyncio.sleep(0.2)
 
 
+class _Outages:
+    """Per outage: records appended per second while the broker is away, and how soon the
+    counter gets telemetry once it is back."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.returns: list[float] = []
+        self._down: tuple[float, int] | None = None
+
+    async def down(self, daemon: Any) -> None:
+        self._down = (time.monotonic(), await _records(daemon))
+
+    async def up(self, daemon: Any) -> None:
+        if self._down is not None:
+            at, records = self._down
+            self.rates.append((await _records(daemon) - records) / (time.monotonic() - at))
+            self._down = None
+
+    def returned(self, counter: _Counter) -> None:
+        if counter.back is not None and counter.first_after is not None:
+            self.returns.append(counter.first_after - counter.back)
+            counter.back = counter.first_after = None
+
+
+async def _records(daemon: Any) -> int:
+    """Records in the daemon's outbox (while the broker is away, only ever growing)."""
+    stats = await asyncio.to_thread(daemon.get, "/v1/outbox/stats")
+    return int(stats["records"])
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     import aiomqtt  # noqa: PLC0415
 
@@ -137,6 +174,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     rss: list[tuple[float, int]] = []
     steady: list[tuple[float, int]] = []  # link up, outbox drained: before each outage, at the end
     outages = 0
+    seen = _Outages()
     with tempfile.TemporaryDirectory(prefix="gatewayd-soak-") as tmp:
         work = Path(tmp)
         broker = Broker(work / "broker", persistence=True)
@@ -160,12 +198,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     msg = f"gatewayd exited with {daemon.proc.returncode}"
                     raise RuntimeError(msg)
                 rss.append((now - start, status_kb(pid, "VmRSS")))
+                seen.returned(counter)
                 if broker.running and now >= next_outage:
                     steady.append(rss[-1])
                     broker.stop()
+                    await seen.down(daemon)
                     outages += 1
                 elif not broker.running and now >= next_outage + args.outage_s:
+                    await seen.up(daemon)
                     broker.start()
+                    counter.back, counter.first_after = time.monotonic(), None
                     next_outage += args.outage_every_s
                 await asyncio.sleep(min(5.0, args.outage_s / 3))
             if not broker.running:
@@ -216,8 +258,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     last_mb = statistics.median(last) / 1024
     base, end = (steady[1][1], steady[-1][1]) if len(steady) >= 3 else (warm[0], last[-1])
     flat = end <= max(base * 1.10, base + 8 * 1024)
+    seen.returned(counter)
+    outage_rates, returns = seen.rates, seen.returns
+    rate_ok = all(r >= 0.8 * 10 / args.interval_s for r in outage_rates)
+    returns_ok = all(r < 2.0 for r in returns)
     return {
-        "ok": sent == delivered and len(lanes) == 10 and flat and not stats["drops"],
+        "ok": sent == delivered
+        and len(lanes) == 10
+        and flat
+        and not stats["drops"]
+        and rate_ok
+        and returns_ok,
+        "outage_rates": outage_rates,
+        "rate_ok": rate_ok,
+        "returns": returns,
+        "returns_ok": returns_ok,
         "sent": sent,
         "delivered": delivered,
         "lost": sent - delivered,
@@ -278,6 +333,16 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
         (
             f"| daemon RSS max sampled / peak (VmHWM) | {r['rss_max_mb']:.1f} / "
             f"{r['rss_peak_mb']:.1f} MB | | |"
+        ),
+        (
+            "| records appended per second during each outage | "
+            + (", ".join(f"{x:,.0f}" for x in r["outage_rates"]) or "-")
+            + f" | >= {0.8 * rate:,.0f} | {verdict(r['rate_ok'])} |"
+        ),
+        (
+            "| broker back -> first telemetry at the counter, each outage | "
+            + (", ".join(f"{x:.2f}" for x in r["returns"]) or "-")
+            + f" s | < 2 s | {verdict(r['returns_ok'])} |"
         ),
         f"| daemon CPU | {r['cpu']:.2f} cores | | |",
         f"| errors in the daemon's log | {len(r['errors'])} | | |",
