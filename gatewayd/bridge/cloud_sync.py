@@ -95,7 +95,9 @@ class CloudDesired:
             await self._shadows.update_desired(device_id, updates, field_prefix="config")
         except RegistryError as exc:
             log.warning("%s: config not applied: %s", device_id, exc)
-            return dict.fromkeys(fields, str(exc))
+            if len(product.services) == 1:
+                return dict.fromkeys(fields, str(exc))
+            return {u.service_id: dict.fromkeys(u.desired, str(exc)) for u in updates}
         device = await self._registry.find(device_id)
         if device is not None and device.node_type is NodeType.GATEWAY:
             await self._confirm_own(device_id, updates)

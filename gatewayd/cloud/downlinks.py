@@ -252,7 +252,11 @@ class Downlinks:
                 raise
             if failed:  # nothing of it was applied after all: the applied version stays
                 await self._state.restore_config(device, previous)
-                refused.update(failed)
+                for key, why in failed.items():
+                    had = refused.get(key)
+                    # One service of several: its own refusals, and these.
+                    both = isinstance(had, dict) and isinstance(why, dict)
+                    refused[key] = {**had, **why} if both and had is not None else why
             else:
                 self._note(logging.INFO, "%s: desired config version %s applied (%d field(s))",
                            device, version, len(checked.taken))  # fmt: skip

@@ -127,3 +127,27 @@ async def test_a_config_whose_apply_failed_is_not_applied_and_its_redelivery_is(
         assert stored is not None
         assert (stored["version"], stored["fields"]) == ("5", {"WaterMeter": {"temperature": 33}})
         assert await answers(outbox) == []  # nothing refused
+
+
+class VanishingDesired(FailingDesired):
+    """The device is deleted between the check and the apply: the apply refuses it all."""
+
+    async def apply_config(self, device_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {
+            sid: dict.fromkeys(props, f"no device {device_id!r}") for sid, props in fields.items()
+        }
+
+
+async def test_an_apply_refused_after_the_check_keeps_every_refusal_and_no_version(tmp_path):
+    async with parts(tmp_path) as (store, outbox, state):
+        real = CloudDesired(store.registry, store.products, store.shadows)
+        handler = downlinks(store, outbox, state, VanishingDesired(real))
+        await config(handler, {"version": 9, "WaterMeter": {"temperature": 33, "flow": 1}})
+        [answer] = await answers(outbox)
+        assert answer["refused"] == {
+            "WaterMeter": {
+                "flow": "the property is read-only",
+                "temperature": f"no device {DEV!r}",
+            }
+        }
+        assert await state.desired_config(DEV) is None
