@@ -3,8 +3,8 @@
 # .deb, lintian, check the unit with systemd-analyze, install it with apt, run the installed
 # daemon as the gatewayd user up to READY=1, upgrade it over itself keeping the state, purge it
 # and check that nothing is left. It refuses to run when gatewayd is already installed, and it
-# leaves the machine as it found it (package purged, and the gatewayd account deleted when the
-# check created it). GATEWAYD_DEB=path checks a .deb built before instead of building one.
+# leaves the machine as it found it (package purged; the purge deletes the gatewayd account, and
+# the check deletes it too if it fails before the purge and created it). GATEWAYD_DEB=path checks a .deb built before instead of building one.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -194,7 +194,8 @@ for path in "$VENV" /opt/venvs/gatewayd /etc/gatewayd "$STATE" /usr/bin/gatewayd
 done
 owned=$(find /etc /opt /srv /tmp /usr /var -xdev -uid "$uid" -print 2>/dev/null | head -n 20)
 [ -z "$owned" ] || fail "files of uid $uid left after purge: $owned"
-echo "purged: no files left (the gatewayd account is kept, as documented)"
+if getent passwd gatewayd >/dev/null; then fail "the gatewayd account is left after purge"; fi
+echo "purged: no files left, the gatewayd account removed"
 
 printf '\npackage-check: OK: %s (%s KiB), built in %s s, exposure %s\n' \
 	"$(basename "$deb")" "$size_kb" "$build_s" "$exposure"

@@ -524,11 +524,11 @@ for path in "$STATE" /etc/gatewayd /opt/venvs/gatewayd /usr/bin/gatewayd /lib/sy
 done
 owned=$(ct find / -xdev -uid "$uid" -not -path '/proc/*' -print 2>/dev/null | head -n 5)
 [ -z "$owned" ] || fail "files of uid $uid left after purge: $owned"
-# Documented in operations.md ("Uninstall"): Debian keeps the system account after a purge.
-ct getent passwd gatewayd >/dev/null || fail "the gatewayd account is gone, but the package documents keeping it"
+# Documented in operations.md ("Uninstall"): a purge removes the system account too.
+if ct getent passwd gatewayd >/dev/null; then fail "the gatewayd account is left after purge"; fi
 ok "remove: unit gone (LoadState=not-found), no process, $STATE and $CONFIG kept;" \
 	"purge: $STATE, /etc/gatewayd, the virtualenv and the unit gone, no file of uid $uid;" \
-	"the gatewayd account kept (documented)"
+	"the gatewayd account removed"
 
 printf '\nsystemd-check: OK: %s under systemd in %s s (exposure %s, watchdog kill %s s, stop %s s)\n' \
 	"$(basename "$deb")" "$((SECONDS - stage_started))" "$exposure" "$killed_after" "$stop_s"
