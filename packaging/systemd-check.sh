@@ -498,11 +498,14 @@ delivered() {
 wait_for 60 "the records buffered before the upgrade delivered" delivered
 deliver_s=$(since "$broker_started")
 received=$(ct grep -c "Received PUBLISH from .*/telemetry'" /var/log/mosquitto/mosquitto.log || true)
-[ "$received" -ge "$after_upgrade" ] || fail "the broker received $received telemetry messages, the outbox held $after_upgrade"
+# Records appended after the upgrade may still be on their way: those held before it must be in.
+[ "$received" -ge "$before_upgrade" ] ||
+	fail "the broker received $received telemetry messages, the outbox held $before_upgrade before the upgrade"
 ok "upgrade $version -> ${version}+systemdcheck1 in $upgrade_s s while running: started once (pid" \
 	"$old -> $(main_pid)), no failed start; $CONFIG edit and node id kept, no .dpkg-dist;" \
 	"outbox.db (same inode) $before_upgrade records before, $after_upgrade after, none dropped;" \
-	"broker started: all delivered within $deliver_s s ($received telemetry PUBLISHes received)"
+	"broker started: those held before the upgrade delivered within $deliver_s s" \
+	"($received telemetry PUBLISHes received)"
 warned=$(warnings_after "$c1" | grep -v -e '^uplink unavailable: broker 127.0.0.1' \
 	-e '^gatewayd.service: Watchdog timeout' -e '^gatewayd.service: Main process exited, code=killed, status=6/ABRT' \
 	-e "^gatewayd.service: Failed with result 'watchdog'" || true)
