@@ -76,3 +76,15 @@ def test_benchmarks_page_starts_with_the_latest_figure_of_every_benchmark():
     named = {row.split()[0] for row in rows if row}
     benchmarks = {p.stem for p in (ROOT / "benchmarks").glob("[!_]*.py")}
     assert sorted(benchmarks - named) == []
+
+
+def test_test_modules_outside_packages_have_unique_names():
+    # pytest imports a test file outside a package by its basename alone: two of the same
+    # name in such folders stop the whole run at collection.
+    seen: dict[str, str] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        where = str(path.relative_to(ROOT))
+        assert path.name not in seen, f"{where} and {seen[path.name]} share a module name"
+        seen[path.name] = where
