@@ -28,8 +28,13 @@ from gatewayd.cloud.children import ConfiguredChildren, RegistryChildren, Status
 from gatewayd.cloud.firmware import known_firmware
 from gatewayd.cloud.link import Uplink
 from gatewayd.cloud.routes import mount_cloud
+from gatewayd.commands.answers import CommandAnswers
+from gatewayd.commands.builtin import builtins
+from gatewayd.commands.engine import CommandEngine
+from gatewayd.commands.resync import Resync
 from gatewayd.driver import ConnectionConfig, Driver
 from gatewayd.health import Health
+from gatewayd.products import Product
 from gatewayd.registry import spec_for
 from gatewayd.settings import Settings
 from gatewayd.statelock import StateLock
@@ -189,6 +194,8 @@ class App:
                 self.settings.api, app, self.health.component("api", critical=True)
             )
             self._spawn(tg, self.api.serve(), "api")
+        engine = self._engine(store, outbox, state, reports, cloud_children)
+        self._spawn(tg, engine.run(), "commands")
         if self.settings.cloud.host is not None:
             self.uplink = Uplink(
                 self.settings.cloud,
@@ -198,6 +205,7 @@ class App:
                 cloud_children,
                 self.board,
                 self.health.component("uplink"),
+                executor=engine,
                 desired=CloudDesired(store.registry, store.products, store.shadows, reports),
                 firmware=known_firmware(self.settings),
             )
@@ -209,6 +217,30 @@ class App:
         self._spawn(tg, reconciler.run(), "reconcile")
         self._spawn(tg, self._gateway_report(store, outbox).run(), "gateway_report")
         self._spawn(tg, self._wait_stop(), "stop")
+
+    def _engine(
+        self,
+        store: Store,
+        outbox: Outbox,
+        state: CloudState,
+        reports: CloudReports,
+        children: RegistryChildren,
+    ) -> CommandEngine:
+        gateway_id = self.settings.gateway.effective_device_id
+
+        async def product_of(device_id: str) -> Product | None:
+            device = await store.registry.find(device_id)
+            return None if device is None else store.products.get(device.product_id)
+
+        resync = Resync(
+            gateway_id,
+            outbox,
+            self.board.snapshot,
+            lambda: [gateway_id, *(c.device_id for c in children.children())],
+            store.shadows,
+            reports,
+        )
+        return CommandEngine(CommandAnswers(state, outbox), state, product_of, builtins(resync))
 
     def _gateway_report(self, store: Store, outbox: Outbox) -> GatewayReport:
         gateway = self.settings.gateway

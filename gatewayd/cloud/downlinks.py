@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gatewayd.cloud.children import Child, ChildrenSource
 from gatewayd.cloud.dialects import native
@@ -36,6 +36,7 @@ __all__ = [
     "BuiltinCommands",
     "CheckedConfig",
     "CommandExecutor",
+    "CommandQueue",
     "DesiredConfig",
     "Downlinks",
     "LogBudget",
@@ -54,6 +55,15 @@ class CommandExecutor(Protocol):
 
     async def execute(self, device_id: str, name: str, parameters: Any) -> tuple[str, str]:
         """Run it; never raise for a refusal, answer `error` with the reason."""
+        ...
+
+
+@runtime_checkable
+class CommandQueue(Protocol):
+    """The command engine (`gatewayd.commands`): takes a claimed command, answers it itself."""
+
+    async def submit(self, device_id: str, command_id: str, name: str, parameters: Any) -> None:
+        """Queue it behind the device's earlier commands; returns without waiting for it."""
         ...
 
 
@@ -150,7 +160,7 @@ class Downlinks:
         state: the downlink tables.
         outbox: where answers (`commands/update`, `license/update`) go.
         children: the configured children, to name refused ones.
-        executor: runs commands.
+        executor: runs commands: the engine (queued, answered by it) or an inline executor.
         desired: applies accepted config to desired state, if anything does.
     """
 
@@ -160,7 +170,7 @@ class Downlinks:
         state: CloudState,
         outbox: Outbox,
         children: ChildrenSource,
-        executor: CommandExecutor,
+        executor: CommandExecutor | CommandQueue,
         desired: DesiredConfig | None = None,
     ) -> None:
         self._desired = desired
@@ -278,6 +288,9 @@ class Downlinks:
         if not await self._state.claim_command(device, body.id, body.name, body.parameters):
             self._note(logging.INFO, "%s: command %r redelivered: not executed again", device,
                        body.id)  # fmt: skip
+            return
+        if isinstance(self._executor, CommandQueue):
+            await self._executor.submit(device, body.id, body.name, body.parameters)
             return
         await self._command_status(device, body.id, "in_progress", "")
         try:

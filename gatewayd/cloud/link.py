@@ -34,6 +34,7 @@ from gatewayd.cloud.downlinks import (
     ADDED_BY_CLOUD,
     BuiltinCommands,
     CommandExecutor,
+    CommandQueue,
     DesiredConfig,
     Downlinks,
 )
@@ -105,7 +106,7 @@ class Uplink:
         children: the gateway's children.
         board: children's latest status.
         component: health of the link.
-        executor: runs commands; the built-in one answers `ping`.
+        executor: runs commands: the daemon's command engine; by default only `ping`.
         desired: applies accepted desired config to the devices' desired state.
         timing: time bounds.
         firmware: devices whose firmware version is known, sent on `update` at every connect.
@@ -121,7 +122,7 @@ class Uplink:
         board: StatusBoard,
         component: Component,
         *,
-        executor: CommandExecutor | None = None,
+        executor: CommandExecutor | CommandQueue | None = None,
         desired: DesiredConfig | None = None,
         timing: LinkTiming | None = None,
         firmware: Sequence[Firmware] = (),

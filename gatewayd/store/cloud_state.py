@@ -59,6 +59,10 @@ def cloud_state_schema(conn: sqlite3.Connection) -> None:
     if "sent_version" not in columns:
         # The version as sent (JSON: 1 or "1"), echoed on config/update; `version` orders.
         conn.execute("ALTER TABLE desired_config ADD COLUMN sent_version TEXT")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(commands)")}
+    if "history" not in columns:
+        # Every status with its time ([status, message, unix time]), oldest first.
+        conn.execute("ALTER TABLE commands ADD COLUMN history TEXT NOT NULL DEFAULT '[]'")
 
 
 def newer_version(candidate: str, stored: str) -> bool:
@@ -84,6 +88,7 @@ class StoredCommand:
     message: str
     received: float
     updated: float
+    history: tuple[tuple[str, str, float], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The API's view."""
@@ -96,6 +101,10 @@ class StoredCommand:
             "message": self.message,
             "received": self.received,
             "updated": self.updated,
+            "history": [
+                {"status": status, "message": message, "at": at}
+                for status, message, at in self.history
+            ],
         }
 
 
@@ -232,32 +241,62 @@ class CloudState:
 
         def write(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, 'pending', '', ?, ?)",
-                (command_id, device, name, params, now, now),
+                "INSERT OR IGNORE INTO commands "
+                "(id, device, name, parameters, status, message, received, updated, history) "
+                "VALUES (?, ?, ?, ?, 'pending', '', ?, ?, "
+                "json_array(json_array('pending', '', ?)))",
+                (command_id, device, name, params, now, now, now),
             )
             return cur.rowcount == 1
 
         return await self._worker.call(write)
 
     async def set_command_status(self, command_id: str, status: str, message: str) -> None:
-        """Record the latest status of a command."""
+        """Record the latest status of a command, appended to its history."""
+        now = time.time()
         await self._worker.call(
             lambda conn: conn.execute(
-                "UPDATE commands SET status = ?, message = ?, updated = ? WHERE id = ?",
-                (status, message, time.time(), command_id),
+                "UPDATE commands SET status = ?, message = ?, updated = ?, "
+                "history = json_insert(history, '$[#]', json_array(?, ?, ?)) WHERE id = ?",
+                (status, message, now, status, message, now, command_id),
             )
         )
+
+    async def unfinished_commands(self) -> list[tuple[str, str]]:
+        """(id, device) of commands claimed but never finished (pending or in_progress)."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT id, device FROM commands WHERE status IN ('pending', 'in_progress') "
+                "ORDER BY received"
+            ).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._worker.call(read)
 
     async def commands(self, device: str, limit: int = 100) -> list[StoredCommand]:
         """A device's commands, newest first."""
 
         def read(conn: sqlite3.Connection) -> list[StoredCommand]:
             rows = conn.execute(
-                "SELECT id, device, name, parameters, status, message, received, updated "
-                "FROM commands WHERE device = ? ORDER BY received DESC LIMIT ?",
+                "SELECT id, device, name, parameters, status, message, received, updated, "
+                "history FROM commands WHERE device = ? ORDER BY received DESC LIMIT ?",
                 (device, limit),
             ).fetchall()
-            return [StoredCommand(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+            return [
+                StoredCommand(
+                    r[0],
+                    r[1],
+                    r[2],
+                    json.loads(r[3]),
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    tuple(tuple(h) for h in json.loads(r[8])),
+                )
+                for r in rows
+            ]
 
         return await self._worker.call(read)
 
