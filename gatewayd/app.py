@@ -29,6 +29,7 @@ from gatewayd.cloud.firmware import known_firmware
 from gatewayd.cloud.link import Uplink
 from gatewayd.cloud.routes import mount_cloud
 from gatewayd.commands.answers import CommandAnswers
+from gatewayd.commands.bound import Bindings
 from gatewayd.commands.builtin import builtins
 from gatewayd.commands.engine import CommandEngine
 from gatewayd.commands.resync import Resync
@@ -240,7 +241,14 @@ class App:
             store.shadows,
             reports,
         )
-        return CommandEngine(CommandAnswers(state, outbox), state, product_of, builtins(resync))
+        bindings = Bindings(self.settings.connections, self.runners, children.device_id)
+        return CommandEngine(
+            CommandAnswers(state, outbox),
+            state,
+            product_of,
+            builtins(resync),
+            bindings=bindings.get,
+        )
 
     def _gateway_report(self, store: Store, outbox: Outbox) -> GatewayReport:
         gateway = self.settings.gateway

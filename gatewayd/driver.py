@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gatewayd.model import Sample, Value
 
 __all__ = [
+    "CommandBinding",
+    "CommandStep",
     "ConnectionConfig",
     "DeviceConfig",
     "Driver",
@@ -101,6 +103,59 @@ D = TypeVar("D", bound="DeviceConfig[Any]")
 C = TypeVar("C", bound="ConnectionConfig")
 
 
+class CommandStep(BaseModel):
+    """One step of a bound command: a point write (read back), or a wait."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    write: str | None = Field(
+        default=None, description="Writable point to write, then read back (its read-back "
+        "value is what the command's responses may report)."
+    )  # fmt: skip
+    value: Any = Field(default=None, description="Constant value to write.")
+    parameter: str | None = Field(
+        default=None, description="Command parameter whose (checked) value is written."
+    )
+    wait_s: float | None = Field(
+        default=None, ge=0, le=3600, description="Seconds to wait before the next step."
+    )
+    wait_parameter: str | None = Field(
+        default=None, description="Command parameter giving the seconds to wait."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CommandStep:
+        waits = (self.wait_s is not None) + (self.wait_parameter is not None)
+        if self.write is None:
+            if waits != 1 or self.value is not None or self.parameter is not None:
+                msg = "a step is either `write` (with `value` or `parameter`) or one wait"
+                raise ValueError(msg)
+        elif waits or (self.value is None) == (self.parameter is None):
+            msg = f"write {self.write}: give exactly one of `value` and `parameter`, no wait"
+            raise ValueError(msg)
+        return self
+
+
+class CommandBinding(BaseModel):
+    """What a declared command does on this device: point writes and waits, in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: tuple[CommandStep, ...] = Field(min_length=1, description="Run in order.")
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Bound on the whole command (default: the engine's 20 s); past it the "
+        'command is answered `error` "timeout".',
+    )
+    responses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Response field -> point written by a step: the field is filled with "
+        "the value read back after that point's last write.",
+    )
+
+
 class DeviceConfig(BaseModel, Generic[P]):
     """One field device on a connection; drivers subclass it to add addressing."""
 
@@ -144,6 +199,14 @@ class DeviceConfig(BaseModel, Generic[P]):
             "through the API or the cloud stands until then."
         ),
     )
+    commands: dict[str, CommandBinding] = Field(
+        default_factory=dict,
+        description=(
+            "Commands of the device's product bound to point writes, keyed by command name "
+            "(docs/protocol.md, Commands). Parameters are checked against the product first; "
+            "each write is read back, like desired state."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +223,20 @@ class DeviceConfig(BaseModel, Generic[P]):
             if not point.writable:
                 msg = f"desired.{key}: the point is not writable"
                 raise ValueError(msg)
+        for name, binding in self.commands.items():
+            written = set()
+            for step in binding.steps:
+                if step.write is None:
+                    continue
+                point = self.points.get(step.write)
+                if point is None or not point.writable:
+                    msg = f"commands.{name}: {step.write!r} is not a writable point of the device"
+                    raise ValueError(msg)
+                written.add(step.write)
+            for field_name, point_id in binding.responses.items():
+                if point_id not in written:
+                    msg = f"commands.{name}.responses.{field_name}: no step writes {point_id!r}"
+                    raise ValueError(msg)
         return self
 
 

@@ -1,7 +1,8 @@
 """Local API routes for the outbox and the state the cloud sent (mounted by the app).
 
 `GET /v1/outbox/stats`, `GET /v1/outbox/dead-letters`, `GET /v1/cloud/children` and, per
-device, `GET /v1/devices/{device_id}/cloud/{config,commands,licenses,space-info,firmware}`.
+device, `GET /v1/devices/{device_id}/cloud/{config,commands,licenses,space-info,firmware}`
+and `GET /v1/devices/{device_id}/commands`, the command history (the same list).
 docs/protocol.md lists the bodies. A per-device route answers 404 for a device the registry
 does not know, so an empty list always means a known device with nothing received.
 Authentication is the API server's concern: these are plain handlers in a route table.
@@ -80,6 +81,8 @@ def _table(
         (f"{_BASE}/config", views.config,
          op("Latest desired config", _DEVICE, not_found="no config received")),
         (f"{_BASE}/commands", views.commands, op("Commands received", _DEVICE + _PAGE[:1])),
+        ("/v1/devices/{device_id}/commands", views.commands,
+         op("Command history: status, response, each status with its time", _DEVICE + _PAGE[:1])),
         (f"{_BASE}/licenses", views.licenses, op("Licenses received", _DEVICE)),
         (f"{_BASE}/space-info", views.info("space_info"),
          op("Latest space info", _DEVICE, not_found="no space info received")),

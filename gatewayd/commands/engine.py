@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gatewayd.commands.bound import BoundCommand, Outcome
 from gatewayd.commands.params import CommandRefused, check_parameters, find_command
 from gatewayd.products import Product
 
@@ -34,8 +35,15 @@ Builtin = Callable[[str, dict[str, Any]], Awaitable[tuple[str, str]]]
 class StatusSink(Protocol):
     """Where each status of a command goes (its record, then `commands/update`)."""
 
-    async def answer(self, device_id: str, command_id: str, status: str, message: str) -> None:
-        """Record and tell one status."""
+    async def answer(
+        self,
+        device_id: str,
+        command_id: str,
+        status: str,
+        message: str,
+        response: dict[str, Any] | None = None,
+    ) -> None:
+        """Record and tell one status (with the response fields, when it ends `done`)."""
         ...
 
 
@@ -67,6 +75,7 @@ class CommandEngine:
         builtins: commands the daemon runs itself, by name; `universal` ones (e.g. `ping`)
             answer for every device, the others only where the device's product declares them.
         universal: names of builtins every device answers.
+        bindings: the site's binding of a command on a device (YAML `commands:`), if any.
         timeout_s: how long one command may run before it is answered `error` "timeout".
     """
 
@@ -78,8 +87,10 @@ class CommandEngine:
         builtins: Mapping[str, Builtin],
         *,
         universal: frozenset[str] = frozenset({"ping"}),
+        bindings: Callable[[str, str], BoundCommand | None] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        self._bindings = bindings or (lambda _device, _name: None)
         self._sink = sink
         self._store = store
         self._product_of = product_of
@@ -135,9 +146,12 @@ class CommandEngine:
     async def _run_one(self, command: Queued) -> None:
         device, command_id = command.device_id, command.command_id
         await self._sink.answer(device, command_id, "in_progress", "")
+        bound = self._bindings(device, command.name)
+        timeout_s = self._timeout_s if bound is None or bound.timeout_s is None else bound.timeout_s
+        response: dict[str, Any] = {}
         try:
-            async with asyncio.timeout(self._timeout_s):
-                status, message = await self._execute(command)
+            async with asyncio.timeout(timeout_s):
+                status, message, response = await self._execute(command, bound)
         except CommandRefused as exc:
             status, message = "error", str(exc)
         except TimeoutError:
@@ -146,17 +160,19 @@ class CommandEngine:
             log.exception("%s: command %r failed", device, command_id)
             status, message = "error", f"the gateway failed to run it ({type(exc).__name__})"
         self.counts["done" if status == "done" else "error"] += 1
-        await self._sink.answer(device, command_id, status, message)
+        await self._sink.answer(device, command_id, status, message, response or None)
 
-    async def _execute(self, command: Queued) -> tuple[str, str]:
+    async def _execute(self, command: Queued, bound: BoundCommand | None) -> Outcome:
         name = command.name
-        if name in self._universal and name in self._builtins:
-            return await self._builtins[name](command.device_id, {})
+        if name in self._universal and name in self._builtins and bound is None:
+            return (*await self._builtins[name](command.device_id, {}), {})
         product = await self._product_of(command.device_id)
         declared = find_command(product, name, command.device_id)
         parameters = check_parameters(declared, command.parameters)
+        if bound is not None:
+            return await bound.run(parameters)
         builtin = self._builtins.get(name)
         if builtin is None:
             msg = f"command {name!r} is declared but not bound on {command.device_id}"
             raise CommandRefused(msg)
-        return await builtin(command.device_id, parameters)
+        return (*await builtin(command.device_id, parameters), {})

@@ -63,6 +63,8 @@ def cloud_state_schema(conn: sqlite3.Connection) -> None:
     if "history" not in columns:
         # Every status with its time ([status, message, unix time]), oldest first.
         conn.execute("ALTER TABLE commands ADD COLUMN history TEXT NOT NULL DEFAULT '[]'")
+    if "response" not in columns:  # the response fields of a command that ended done
+        conn.execute("ALTER TABLE commands ADD COLUMN response TEXT")
 
 
 def newer_version(candidate: str, stored: str) -> bool:
@@ -89,6 +91,7 @@ class StoredCommand:
     received: float
     updated: float
     history: tuple[tuple[str, str, float], ...] = ()
+    response: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The API's view."""
@@ -101,6 +104,7 @@ class StoredCommand:
             "message": self.message,
             "received": self.received,
             "updated": self.updated,
+            "response": self.response,
             "history": [
                 {"status": status, "message": message, "at": at}
                 for status, message, at in self.history
@@ -251,14 +255,18 @@ class CloudState:
 
         return await self._worker.call(write)
 
-    async def set_command_status(self, command_id: str, status: str, message: str) -> None:
+    async def set_command_status(
+        self, command_id: str, status: str, message: str, response: dict[str, Any] | None = None
+    ) -> None:
         """Record the latest status of a command, appended to its history."""
         now = time.time()
+        text = None if response is None else json.dumps(response, separators=(",", ":"))
         await self._worker.call(
             lambda conn: conn.execute(
                 "UPDATE commands SET status = ?, message = ?, updated = ?, "
+                "response = COALESCE(?, response), "
                 "history = json_insert(history, '$[#]', json_array(?, ?, ?)) WHERE id = ?",
-                (status, message, now, status, message, now, command_id),
+                (status, message, now, text, status, message, now, command_id),
             )
         )
 
@@ -280,7 +288,7 @@ class CloudState:
         def read(conn: sqlite3.Connection) -> list[StoredCommand]:
             rows = conn.execute(
                 "SELECT id, device, name, parameters, status, message, received, updated, "
-                "history FROM commands WHERE device = ? ORDER BY received DESC LIMIT ?",
+                "history, response FROM commands WHERE device = ? ORDER BY received DESC LIMIT ?",
                 (device, limit),
             ).fetchall()
             return [
@@ -294,6 +302,7 @@ class CloudState:
                     r[6],
                     r[7],
                     tuple(tuple(h) for h in json.loads(r[8])),
+                    None if r[9] is None else json.loads(r[9]),
                 )
                 for r in rows
             ]

@@ -140,9 +140,14 @@ def with_record_id(payload: bytes, record_id: str) -> bytes:
     return head + b"," + payload.lstrip()[1:]
 
 
-def command_update(command_id: str, status: str, message: str) -> bytes:
-    """`commands/update`: status in_progress, done or error."""
-    return encode_json({"id": command_id, "status": status, "message": message})
+def command_update(
+    command_id: str, status: str, message: str, response: dict[str, Any] | None = None
+) -> bytes:
+    """`commands/update`: status in_progress, done or error; a bound command's `response`."""
+    body: dict[str, Any] = {"id": command_id, "status": status, "message": message}
+    if response:
+        body["response"] = response
+    return encode_json(body)
 
 
 def license_update(license_id: str, state: str, error: str = "") -> bytes:
