@@ -141,3 +141,20 @@ async def test_a_command_killed_in_progress_is_answered_interrupted_after_restar
     listed = {c["id"]: c for c in history["commands"]}
     assert listed["k1"]["status"] == "error"
     assert [h["status"] for h in listed["k1"]["history"]] == ["pending", "in_progress", "error"]
+
+
+async def test_resync_reports_every_childs_status_and_shadow_again(running):
+    _daemon, cloud = running
+    gw = "gatewayd_gw-cmd"
+    # Each child's relay was read, so its reported shadow holds relay_on.
+    await cloud.wait(lambda: all(relay_values(cloud, f"energy-meter_{k}") for k in ("r1", "slow")))
+    statuses, reports = len(cloud.of("children/status", gw)), len(cloud.of("config/update"))
+    await cloud.push(gw, "commands", {"id": "rs", "name": "resync"})
+    await cloud.wait(lambda: ended(cloud, "rs"))
+    assert updates(cloud, "rs")[-1]["status"] == "done", updates(cloud, "rs")
+    await cloud.wait(lambda: len(cloud.of("children/status", gw)) > statuses)
+    status = cloud.of("children/status", gw)[-1].body
+    assert {d["device_id"] for d in status["devices"]} == {"energy-meter_r1", "energy-meter_slow"}
+    await cloud.wait(lambda: len(cloud.of("config/update")) >= reports + 2)
+    again = {u.device: u.body for u in cloud.of("config/update")[reports:]}
+    assert again["energy-meter_r1"]["Relay"]["relay_on"] is True
