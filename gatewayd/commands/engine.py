@@ -104,7 +104,10 @@ class CommandEngine:
 
     async def run(self) -> None:
         """Answer what a previous run left unfinished, then run workers until cancelled."""
+        queued = {c.command_id for queue in self._queues.values() for c in queue}
         for command_id, device_id in await self._store.unfinished_commands():
+            if command_id in queued:  # claimed by this run before it got here: it will run
+                continue
             log.warning("%s: command %r was interrupted by a restart", device_id, command_id)
             await self._sink.answer(device_id, command_id, "error", INTERRUPTED)
         async with asyncio.TaskGroup() as tg:
@@ -137,7 +140,10 @@ class CommandEngine:
         queue = self._queues[device_id]
         try:
             while queue:
-                await self._run_one(queue[0])
+                try:
+                    await self._run_one(queue[0])
+                except Exception:  # answering failed (the disk): that command's, not ours
+                    log.exception("%s: command %r not answered", device_id, queue[0].command_id)
                 queue.popleft()
         finally:
             if not queue:
