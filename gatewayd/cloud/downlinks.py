@@ -4,8 +4,9 @@ Desired config is checked field by field: the fields the device's product takes 
 desired state, the others are refused by name on `config/update`, and the config's version is
 stored as applied only when something of it was (docs/protocol.md). Licenses, space info and
 firmware info are stored per device; commands are
-claimed by id (a redelivered id is never executed again) and answered on `commands/update`
-through the outbox; children responses update the children's registration state.
+claimed by id (a redelivered id is never executed again), then handed to the command engine
+(`gatewayd.commands`), which runs them per device and answers on `commands/update` through
+the outbox; children responses update the children's registration state.
 
 A downlink comes from the network: whatever its topic, size, nesting or encoding, handling it
 is that one message's business. A malformed one is `invalid`; anything else that goes wrong
