@@ -59,11 +59,19 @@ class Daemon:
         self.log = log
         self.proc: subprocess.Popen[str] | None = None
 
+    def command(self) -> list[str]:
+        """The daemon's command line; subclasses put a prefix before it (a user, a namespace)."""
+        return [*gatewayd_cmd(), "run", "-c", str(self.config)]
+
+    def env(self) -> dict[str, str]:
+        return daemon_env()
+
     def start(self) -> None:
+        """Start the process and wait until /healthz answers (its log ends the error if not)."""
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
-                [*gatewayd_cmd(), "run", "-c", str(self.config)],
-                env=daemon_env(),
+                self.command(),
+                env=self.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -12,14 +12,11 @@ import json
 import random
 import secrets
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.fault.daemon_setup import TOKEN, Daemon
-from tests.helpers import daemon_env
 
 __all__ = ["Namespace", "NetnsDaemon", "unavailable"]
 
@@ -92,35 +89,8 @@ class NetnsDaemon(Daemon):
         super().__init__(config, api_port, log)
         self.ns = ns
 
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *self.ns.exec_prefix,
-                    sys.executable,
-                    "-m",
-                    "gatewayd",
-                    "run",
-                    "-c",
-                    str(self.config),
-                ],
-                env=daemon_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                text=True,
-                cwd=Path(__file__).resolve().parents[2],
-            )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.get("/healthz")
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text()[-3000:]) from None
-                time.sleep(0.05)
-            else:
-                return
+    def command(self) -> list[str]:
+        return [*self.ns.exec_prefix, *super().command()]
 
     def get(self, path: str) -> Any:
         url = f"http://{self.ns.ns_addr}:{self.api_port}{path}"

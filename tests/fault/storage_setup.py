@@ -69,27 +69,11 @@ class UserDaemon(Daemon):
         super().__init__(config, api_port, log)
         self.prefix = prefix
 
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "gatewayd", "run", "-c", str(self.config)],
-                env=daemon_env(PYTHONDONTWRITEBYTECODE="1"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                text=True,
-                cwd=ROOT,
-            )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.get("/healthz")
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(self.log.read_text()[-3000:]) from None
-                time.sleep(0.05)
-            else:
-                return
+    def command(self) -> list[str]:
+        return [*self.prefix, *super().command()]
+
+    def env(self) -> dict[str, str]:
+        return daemon_env(PYTHONDONTWRITEBYTECODE="1")
 
 
 def as_user(name: str = "nobody") -> tuple[list[str], str]:
